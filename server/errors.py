@@ -1,0 +1,88 @@
+"""Domain errors, each carrying what OpenAI's error envelope needs.
+
+Domain code raises these; one exception handler in ``server.app`` turns any
+``ServerError`` into ``{"error": {"message", "type", "param", "code"}}`` with
+the error's status. Subclasses only set defaults, so raising one reads like
+the problem it names.
+"""
+
+from __future__ import annotations
+
+
+class ServerError(Exception):
+    status_code: int = 500
+    error_type: str = "server_error"
+    code: str | None = None
+    param: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if param is not None:
+            self.param = param
+        if code is not None:
+            self.code = code
+        self.headers = headers or {}
+
+
+class InvalidRequest(ServerError):
+    status_code = 400
+    error_type = "invalid_request_error"
+    code = "invalid_request"
+
+
+class AudioDecodeError(InvalidRequest):
+    """The upload is not audio FFmpeg can decode (or has no audio stream)."""
+
+    param = "file"
+    code = "invalid_audio"
+
+
+class EmptyAudio(InvalidRequest):
+    """The upload decoded to zero samples, or was empty to begin with."""
+
+    param = "file"
+    code = "empty_audio"
+
+
+class AudioTooShort(InvalidRequest):
+    param = "file"
+    code = "audio_too_short"
+
+
+class AudioTooLong(InvalidRequest):
+    param = "file"
+    code = "audio_too_long"
+
+
+class UnsupportedLanguage(InvalidRequest):
+    param = "language"
+    code = "unsupported_language"
+
+
+class ModelNotFound(ServerError):
+    status_code = 404
+    error_type = "invalid_request_error"
+    param = "model"
+    code = "model_not_found"
+
+
+class NotReady(ServerError):
+    status_code = 503
+    error_type = "server_error"
+    code = "not_ready"
+
+
+class EngineError(ServerError):
+    """The inference engine failed or died while serving a request."""
+
+    status_code = 503
+    error_type = "server_error"
+    code = "engine_unavailable"
