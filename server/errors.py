@@ -86,3 +86,10 @@ class EngineError(ServerError):
     status_code = 503
     error_type = "server_error"
     code = "engine_unavailable"
+
+
+class UploadTooLarge(ServerError):
+    status_code = 413
+    error_type = "invalid_request_error"
+    param = "file"
+    code = "upload_too_large"

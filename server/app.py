@@ -1,0 +1,106 @@
+"""create_app(settings, engine=None): the FastAPI application and its lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from server.api import health, models, transcriptions
+from server.asr.engine import SpeechEngine
+from server.asr.transcriber import TranscriptionOptions
+from server.audio.features import SAMPLE_RATE
+from server.config import Settings
+from server.errors import ServerError
+from server.state import AppState
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings, engine: SpeechEngine | None = None) -> FastAPI:
+    """Build the app. Without an engine, the app starts (and owns) one in the background,
+    answering /health meanwhile and /ready only after a warm-up request succeeded."""
+    state = AppState(settings=settings, engine=engine)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        task = asyncio.create_task(_bring_up(state, own_engine=engine is None))
+        try:
+            yield
+        finally:
+            task.cancel()
+            if engine is None and state.engine is not None:
+                state.engine.shutdown()
+
+    app = FastAPI(
+        title="granite-speech-server",
+        summary="OpenAI-compatible speech-to-text for IBM Granite speech models on vLLM.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.server = state
+    for router in (transcriptions.router, models.router, health.router):
+        app.include_router(router)
+    _install_error_handlers(app)
+    return app
+
+
+async def _bring_up(state: AppState, *, own_engine: bool) -> None:
+    try:
+        if own_engine:
+            state.engine = await asyncio.to_thread(SpeechEngine.start, state.settings)
+        await warm_up(state)
+        state.ready = True
+        log.info("Ready: serving %s", ", ".join(state.settings.model_names))
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any start-up failure stops the server
+        log.exception("Start-up failed: %s", exc)
+        state.startup_error = exc
+        state.request_shutdown()
+
+
+async def warm_up(state: AppState) -> None:
+    """One short request through the whole flow, so the first client doesn't pay for it."""
+    noise = np.random.default_rng(0).normal(0, 0.01, SAMPLE_RATE).astype(np.float32)
+    await state.transcriber.transcribe(noise, TranscriptionOptions())
+
+
+def error_body(status: int, message: str, error_type: str, param: str | None = None,
+               code: str | None = None) -> dict:
+    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ServerError)
+    async def server_error(request: Request, exc: ServerError) -> JSONResponse:
+        body = error_body(exc.status_code, exc.message, exc.error_type, exc.param, exc.code)
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # OpenAI answers malformed requests with 400, never 422.
+        first = exc.errors()[0] if exc.errors() else {}
+        loc = [str(part) for part in first.get("loc", ()) if part not in ("body", "query")]
+        param = ".".join(loc) or None
+        message = f"{param}: {first.get('msg')}" if param else str(first.get("msg", exc))
+        return JSONResponse(error_body(400, message, "invalid_request_error", param,
+                                       "invalid_value"), status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        error_type = "invalid_request_error" if exc.status_code < 500 else "server_error"
+        return JSONResponse(error_body(exc.status_code, str(exc.detail), error_type),
+                            status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("Unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse(error_body(500, "Internal server error.", "server_error"),
+                            status_code=500)

@@ -1,0 +1,175 @@
+"""The vLLM engine: built from Settings, fed prompt ids plus 16 kHz audio.
+
+``SpeechEngine`` is the only module that speaks vLLM's request API. It hands
+out ``SegmentResult``s, so nothing downstream depends on vLLM's output types.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from server.audio.features import SAMPLE_RATE
+from server.config import Settings
+from server.errors import EngineError
+from server.vllm_plugin import ARCHITECTURE
+
+log = logging.getLogger(__name__)
+
+GRANITE_SPEECH_MODEL_TYPE = "granite_speech"
+
+
+class ModelUnavailable(RuntimeError):
+    """The checkpoint can't be found or isn't a Granite speech model (start-up only)."""
+
+
+@dataclass(frozen=True)
+class SegmentRequest:
+    """One audio segment with its rendered prompt and sampling limits."""
+
+    prompt_token_ids: list[int]
+    audio: np.ndarray
+    max_tokens: int
+    temperature: float = 0.0
+    logprobs: bool = False
+
+
+@dataclass
+class SegmentResult:
+    """What the engine produced so far for one segment (cumulative)."""
+
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    prompt_tokens: int = 0
+    finished: bool = False
+    finish_reason: str | None = None
+
+
+def check_granite_speech(model: str, revision: str | None = None) -> dict:
+    """Fail fast, before vLLM spends a minute starting, on a missing or wrong model."""
+    from huggingface_hub import hf_hub_download
+
+    try:
+        if Path(model).is_dir():
+            path = Path(model) / "config.json"
+        else:
+            # The hub client logs every retry; the one line below says it all.
+            logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
+            path = Path(hf_hub_download(model, "config.json", revision=revision))
+        config = json.loads(path.read_text())
+    except Exception as exc:  # noqa: BLE001 - any failure here means "can't get the model"
+        raise ModelUnavailable(
+            f"Model '{model}' can't be loaded ({type(exc).__name__}: {exc}). "
+            "Without network access or a local Hugging Face cache, point MODEL "
+            "(--model) at a local checkpoint directory, e.g. "
+            "MODEL=tests/fixtures/tiny-granite-speech."
+        ) from exc
+    if config.get("model_type") != GRANITE_SPEECH_MODEL_TYPE:
+        raise ModelUnavailable(
+            f"Model '{model}' is a '{config.get('model_type')}' model, not a Granite "
+            f"speech model (model_type '{GRANITE_SPEECH_MODEL_TYPE}')."
+        )
+    return config
+
+
+def engine_args(settings: Settings):
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    return AsyncEngineArgs(
+        model=settings.model,
+        served_model_name=settings.model_names,
+        max_model_len=settings.max_model_len,
+        dtype=settings.dtype,
+        gpu_memory_utilization=settings.gpu_memory_utilization,
+        max_num_seqs=settings.max_num_seqs,
+        tensor_parallel_size=settings.tensor_parallel_size,
+        enforce_eager=settings.enforce_eager,
+        limit_mm_per_prompt={"audio": 1},
+        # Our plugin's class: vLLM's own Granite processor needs torchaudio.
+        hf_overrides={"architectures": [ARCHITECTURE]},
+        disable_log_stats=True,
+    )
+
+
+class SpeechEngine:
+    """An AsyncLLM running a Granite speech checkpoint."""
+
+    def __init__(self, llm, tokenizer) -> None:
+        self._llm = llm
+        self.tokenizer = tokenizer
+
+    @classmethod
+    def start(cls, settings: Settings) -> SpeechEngine:
+        """Build the engine (blocking: loads weights and spawns the engine core)."""
+        check_granite_speech(settings.model)
+        _configure_cpu_backend(settings)
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        llm = AsyncLLM.from_engine_args(engine_args(settings))
+        return cls(llm, llm.get_tokenizer())
+
+    @property
+    def alive(self) -> bool:
+        return not self._llm.errored
+
+    @property
+    def unfinished_requests(self) -> int:
+        return self._llm.get_num_unfinished_requests()
+
+    async def generate(
+        self, request: SegmentRequest, request_id: str | None = None
+    ) -> AsyncIterator[SegmentResult]:
+        """Yield cumulative results; cancelling the iteration aborts the engine request."""
+        from vllm import SamplingParams
+        from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
+
+        params = SamplingParams(
+            max_tokens=request.max_tokens,
+            temperature=request.temperature,
+            logprobs=0 if request.logprobs else None,
+            skip_special_tokens=True,
+        )
+        prompt = {
+            "prompt_token_ids": request.prompt_token_ids,
+            "multi_modal_data": {"audio": (request.audio, SAMPLE_RATE)},
+        }
+        request_id = request_id or uuid.uuid4().hex
+        try:
+            async for output in self._llm.generate(prompt, params, request_id):
+                yield _segment_result(output)
+        except (EngineDeadError, EngineGenerateError) as exc:
+            raise EngineError(f"The inference engine failed: {exc or type(exc).__name__}") from exc
+
+    def shutdown(self) -> None:
+        self._llm.shutdown()
+
+
+def _segment_result(output) -> SegmentResult:
+    completion = output.outputs[0]
+    logprobs = [
+        step[token].logprob for step, token in zip(completion.logprobs or [], completion.token_ids)
+    ]
+    return SegmentResult(
+        text=completion.text,
+        token_ids=list(completion.token_ids),
+        logprobs=logprobs,
+        prompt_tokens=len(output.prompt_token_ids or []),
+        finished=output.finished,
+        finish_reason=completion.finish_reason,
+    )
+
+
+def _configure_cpu_backend(settings: Settings) -> None:
+    """On a CPU-only machine vLLM needs the KV cache size up front."""
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{settings.cpu_kv_cache_gib}")

@@ -1,0 +1,120 @@
+"""Server settings: one validated object built from CLI flags and environment.
+
+Every field is a ``--kebab-case`` flag and a ``GRANITE_SPEECH_<NAME>`` environment
+variable (flags win). Nothing reads the environment at import time: the CLI
+builds a ``Settings`` once and hands it to ``create_app``; tests build their own.
+"""
+
+from __future__ import annotations
+
+from pathlib import PurePath
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_MODEL = "ibm-granite/granite-4.0-1b-speech"
+
+CommaList = Annotated[list[str], NoDecode]
+"""A repeatable flag; from the environment, a comma-separated list."""
+
+
+class Settings(BaseSettings):
+    """OpenAI-compatible transcription and translation server for Granite speech models.
+
+    Every option can also be set as an environment variable GRANITE_SPEECH_<NAME>,
+    e.g. GRANITE_SPEECH_MAX_MODEL_LEN=2048; list options take comma-separated values.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="GRANITE_SPEECH_",
+        cli_prog_name="granite-speech-server",
+        cli_kebab_case=True,
+        cli_implicit_flags=True,
+        cli_avoid_json=True,
+        cli_hide_none_type=True,
+        protected_namespaces=(),
+    )
+
+    # --- Model and HTTP -------------------------------------------------------
+    model: str = Field(
+        DEFAULT_MODEL,
+        description="Hugging Face model id or local checkpoint directory.",
+    )
+    served_model_name: CommaList = Field(
+        default_factory=list,
+        description="Name clients pass as `model` (repeatable). "
+        "Default: the model id and its last path component.",
+    )
+    host: str = Field("0.0.0.0", description="Address to listen on.")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Log level of the server and uvicorn."
+    )
+
+    # --- vLLM engine ----------------------------------------------------------
+    max_model_len: int = Field(
+        2048, ge=256, description="Context length in tokens (audio + prompt + output)."
+    )
+    dtype: str = Field(
+        "auto", description="Weight and activation dtype (auto, bfloat16, float16, float32)."
+    )
+    gpu_memory_utilization: float = Field(
+        0.9, gt=0, le=1, description="Fraction of GPU memory vLLM may use (GPU only)."
+    )
+    max_num_seqs: int | None = Field(
+        None, ge=1, description="Most sequences the engine batches at once (vLLM default if unset)."
+    )
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs to shard the model over.")
+    cpu_kv_cache_gib: int = Field(
+        2,
+        ge=1,
+        description="KV cache size in GiB on CPU-only machines "
+        "(VLLM_CPU_KVCACHE_SPACE, unless that is already set).",
+    )
+    enforce_eager: bool = Field(
+        False, description="Disable CUDA graphs / compilation (faster start-up, slower decode)."
+    )
+
+    # --- Audio and limits -----------------------------------------------------
+    max_upload_mb: float = Field(100.0, gt=0, description="Largest accepted upload, in MB.")
+    min_audio_seconds: float = Field(
+        0.1, ge=0, description="Shortest accepted audio, in seconds (OpenAI's minimum is 0.1)."
+    )
+    max_audio_seconds: float = Field(
+        7200.0, gt=0, description="Longest accepted audio, in seconds."
+    )
+    output_tokens_per_second: float = Field(
+        10.0,
+        gt=0,
+        description="Output budget per second of audio. Speech runs at ~3-4 tokens/s; "
+        "the budget stops a model that never emits end-of-text long before the context ends.",
+    )
+    output_tokens_floor: int = Field(
+        24, ge=1, description="Output tokens every request may use, whatever its duration."
+    )
+    max_segment_seconds: float = Field(
+        30.0,
+        gt=1,
+        le=90,
+        description="Longest piece of audio sent to the model at once, in seconds. "
+        "30 s = 300 audio tokens + 300 output tokens, far inside a 2048-token context.",
+    )
+
+    @field_validator("served_model_name", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @property
+    def model_names(self) -> list[str]:
+        """Names a request's `model` field may use; the first is the canonical one."""
+        if self.served_model_name:
+            return list(dict.fromkeys(self.served_model_name))
+        return list(dict.fromkeys([self.model, PurePath(self.model).name]))
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1_000_000)

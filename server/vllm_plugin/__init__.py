@@ -1,0 +1,19 @@
+"""vLLM general plugin: the Granite speech model with the project's own audio front end.
+
+vLLM calls ``register()`` in every process it starts (API, engine core, workers),
+through the ``vllm.general_plugins`` entry point declared in pyproject.toml. The
+model class is registered by import path so that importing this package stays
+cheap: vLLM's model modules load only when the engine builds the model.
+"""
+
+ARCHITECTURE = "GraniteSpeechServerForConditionalGeneration"
+"""Architecture name the server passes as ``hf_overrides`` to select the class."""
+
+_MODEL_CLASS = "server.vllm_plugin.granite:GraniteSpeechServerForConditionalGeneration"
+
+
+def register() -> None:
+    from vllm import ModelRegistry
+
+    if ARCHITECTURE not in ModelRegistry.get_supported_archs():
+        ModelRegistry.register_model(ARCHITECTURE, _MODEL_CLASS)

@@ -1,0 +1,147 @@
+"""Granite speech for vLLM with a torch-only audio processor.
+
+vLLM's built-in Granite processor instantiates transformers'
+``GraniteSpeechFeatureExtractor``, which needs torchaudio; torchaudio has no CPU
+build that works beside vLLM's CPU torch. These subclasses replace every place
+vLLM would reach the Hugging Face processor with ``server.audio.features``,
+which computes the same log-mel features in plain torch. The neural network
+itself is vLLM's, unchanged.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from transformers import BatchFeature
+
+from vllm.model_executor.models.granite_speech import (
+    GraniteSpeechDummyInputsBuilder,
+    GraniteSpeechForConditionalGeneration,
+    GraniteSpeechMultiModalProcessor,
+    GraniteSpeechProcessingInfo,
+)
+from vllm.multimodal import MULTIMODAL_REGISTRY
+from vllm.multimodal.parse import AudioProcessorItems, MultiModalDataParser
+from vllm.multimodal.processing import PromptReplacement
+from vllm.transformers_utils.repo_utils import get_hf_file_to_dict
+
+from server.audio.features import SAMPLE_RATE, audio_token_count, log_mel_features
+
+AUDIO_PLACEHOLDER = "<|audio|>"
+
+
+@functools.lru_cache(maxsize=8)
+def _front_end_settings(model: str, revision: str | None) -> dict[str, int]:
+    """Sampling rate and projector windowing from the checkpoint's processor files.
+
+    The real checkpoint and the test model both ship ``preprocessor_config.json``;
+    the defaults are the published 4.0-1b values.
+    """
+    settings = {"sampling_rate": SAMPLE_RATE, "projector_window_size": 15,
+                "projector_downsample_rate": 5}
+    for name in ("preprocessor_config.json", "processor_config.json"):
+        found = get_hf_file_to_dict(name, model, revision) or {}
+        found = found.get("audio_processor", found)
+        settings.update({k: int(found[k]) for k in settings if k in found})
+    if settings["sampling_rate"] != SAMPLE_RATE:
+        raise ValueError(
+            f"{model}: feature extractor expects {settings['sampling_rate']} Hz; "
+            f"this server's front end is built for {SAMPLE_RATE} Hz."
+        )
+    return settings
+
+
+class GraniteSpeechServerProcessingInfo(GraniteSpeechProcessingInfo):
+    def front_end(self) -> dict[str, int]:
+        config = self.ctx.model_config
+        return _front_end_settings(config.model, config.revision)
+
+    def get_hf_processor(self, **kwargs: object):
+        raise RuntimeError(
+            "The Hugging Face Granite processor needs torchaudio; this plugin "
+            "replaces it and must never reach it."
+        )
+
+    def get_supported_mm_processor_kwargs(self) -> dict[str, set[str]]:
+        return {"text_kwargs": set(), "audio_kwargs": set()}
+
+    def get_data_parser(self) -> MultiModalDataParser:
+        # soxr, not vLLM's torchaudio default; the server hands over 16 kHz
+        # audio anyway, so this only matters for direct engine callers.
+        return MultiModalDataParser(
+            target_sr=self.front_end()["sampling_rate"],
+            audio_resample_method="soxr",
+            expected_hidden_size=self._get_expected_hidden_size(),
+        )
+
+    def audio_token_count(self, num_samples: int) -> int:
+        front_end = self.front_end()
+        return audio_token_count(
+            num_samples,
+            window_size=front_end["projector_window_size"],
+            downsample_rate=front_end["projector_downsample_rate"],
+        )
+
+
+class GraniteSpeechServerDummyInputsBuilder(GraniteSpeechDummyInputsBuilder):
+    def get_dummy_text(self, mm_counts: Mapping[str, int]) -> str:
+        return AUDIO_PLACEHOLDER * mm_counts.get("audio", 0)
+
+
+class GraniteSpeechServerMultiModalProcessor(GraniteSpeechMultiModalProcessor):
+    def _get_hf_mm_text(self, mm_counts: Mapping[str, int]) -> str | None:
+        # The prompt arrives tokenized; the features need no text.
+        return None
+
+    def _call_hf_processor(
+        self, hf_data: Mapping[str, object], hf_kwargs: Mapping[str, object]
+    ) -> BatchFeature:
+        audios = hf_data.get("audio", [])
+        features = [log_mel_features(audio) for audio in audios]
+        sizes = [self.info.audio_token_count(len(audio)) for audio in audios]
+        return BatchFeature(
+            {"input_features": features, "audio_embed_sizes": torch.tensor(sizes)}
+        )
+
+    def _postprocess_hf_mm_data(
+        self,
+        mm_data: Mapping[str, object],
+        hf_processor_mm_kwargs: Mapping[str, object],
+        processed_data: BatchFeature,
+    ) -> BatchFeature:
+        return processed_data
+
+    def _get_prompt_updates(self, mm_items, hf_processor_mm_kwargs, out_mm_kwargs):
+        audio_token_id = self.info.get_hf_config().audio_token_index
+
+        def replacement(item_idx: int) -> list[int]:
+            audio = mm_items.get_items("audio", AudioProcessorItems).get(item_idx)
+            return [audio_token_id] * self.info.audio_token_count(len(audio))
+
+        return [
+            PromptReplacement(
+                modality="audio", target=[audio_token_id], replacement=replacement
+            )
+        ]
+
+
+@MULTIMODAL_REGISTRY.register_processor(
+    GraniteSpeechServerMultiModalProcessor,
+    info=GraniteSpeechServerProcessingInfo,
+    dummy_inputs=GraniteSpeechServerDummyInputsBuilder,
+)
+class GraniteSpeechServerForConditionalGeneration(GraniteSpeechForConditionalGeneration):
+    """vLLM's Granite speech network, fed by the torch-only processor above."""
+
+    @classmethod
+    def get_num_audio_tokens(cls, audio_duration_s: float, stt_config: Any,
+                             model_config: Any) -> int | None:
+        settings = _front_end_settings(model_config.model, model_config.revision)
+        return audio_token_count(
+            int(audio_duration_s * stt_config.sample_rate),
+            window_size=settings["projector_window_size"],
+            downsample_rate=settings["projector_downsample_rate"],
+        )
