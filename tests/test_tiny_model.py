@@ -2,34 +2,23 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
-pytest.importorskip("tokenizers")
+from tools import tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 ASR_CONTENT = "<|audio|>can you transcribe the speech into a written format?"
 VLLM_PREFIXES = ("encoder.", "projector.", "language_model.model.", "language_model.lm_head.")
 
 
-def _load_tool():
-    spec = importlib.util.spec_from_file_location("tiny_model", ROOT / "tools" / "tiny_model.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("tiny_model", module)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def tm():
-    return _load_tool()
+    return tiny_model
 
 
 @pytest.fixture(scope="module")

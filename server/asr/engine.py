@@ -118,7 +118,7 @@ class SpeechEngine:
 
     @property
     def alive(self) -> bool:
-        return not self._llm.errored
+        return self._llm is not None and not self._llm.errored
 
     @property
     def unfinished_requests(self) -> int:
@@ -149,7 +149,11 @@ class SpeechEngine:
             raise EngineError(f"The inference engine failed: {exc or type(exc).__name__}") from exc
 
     def shutdown(self) -> None:
-        self._llm.shutdown()
+        # Drop the reference too: AsyncLLM.__del__ would otherwise shut down again
+        # at interpreter exit, when the modules it needs are already gone.
+        llm, self._llm = self._llm, None
+        if llm is not None:
+            llm.shutdown()
 
 
 def _segment_result(output) -> SegmentResult:
