@@ -1,0 +1,75 @@
+"""The command line: options, environment variables, and failing fast on a bad model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pydantic_settings import CliApp
+
+from server.config import DEFAULT_MODEL, Settings
+
+OPTIONS = ["--model", "--served-model-name", "--host", "--port", "--max-model-len", "--dtype",
+           "--gpu-memory-utilization", "--max-num-seqs", "--tensor-parallel-size",
+           "--max-upload-mb", "--max-audio-seconds"]
+
+
+def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "server", *args], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_help_documents_every_option():
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for option in OPTIONS:
+        assert option in result.stdout
+    assert "GRANITE_SPEECH_" in result.stdout
+
+
+def test_flags_and_defaults():
+    settings = CliApp.run(Settings, cli_args=[
+        "--served-model-name", "a", "--served-model-name", "b", "--max-model-len", "4096",
+        "--dtype", "bfloat16", "--tensor-parallel-size", "2", "--port", "9000"])
+    assert settings.model == DEFAULT_MODEL
+    assert settings.model_names == ["a", "b"]
+    assert (settings.max_model_len, settings.dtype, settings.tensor_parallel_size,
+            settings.port) == (4096, "bfloat16", 2, 9000)
+
+
+def test_default_served_names_are_the_id_and_its_last_component():
+    assert Settings().model_names == [DEFAULT_MODEL, "granite-4.0-1b-speech"]
+
+
+def test_every_option_reads_from_the_environment(monkeypatch):
+    monkeypatch.setenv("GRANITE_SPEECH_MAX_MODEL_LEN", "1024")
+    monkeypatch.setenv("GRANITE_SPEECH_SERVED_MODEL_NAME", "x, y")
+    monkeypatch.setenv("GRANITE_SPEECH_GPU_MEMORY_UTILIZATION", "0.5")
+    settings = CliApp.run(Settings, cli_args=[])
+    assert (settings.max_model_len, settings.model_names,
+            settings.gpu_memory_utilization) == (1024, ["x", "y"], 0.5)
+
+
+def test_invalid_option_values_are_refused():
+    result = run_cli("--max-model-len", "10")
+    assert result.returncode != 0
+    assert "max_model_len" in result.stderr or "max-model-len" in result.stderr
+
+
+def test_a_model_that_is_not_granite_speech_fails_fast(tmp_path: Path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    result = run_cli("--model", str(tmp_path), timeout=60)
+    assert result.returncode == 1
+    assert "not a Granite speech model" in result.stderr
+    assert result.stderr.strip().count("\n") == 0, "one clear line"
+
+
+@pytest.mark.parametrize("model", ["/definitely/not/here"])
+def test_a_missing_model_says_how_to_point_at_a_local_directory(model):
+    result = run_cli("--model", model, timeout=90)
+    assert result.returncode == 1
+    assert "local checkpoint directory" in result.stderr
+    assert result.stderr.strip().count("\n") == 0, "one clear line"
