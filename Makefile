@@ -13,6 +13,7 @@ VLLM_EXTRA := $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 # Test-time system tools: ffmpeg encodes test audio, espeak-ng/flite speak it.
 SYSTEM_TOOLS := ffmpeg espeak-ng flite sox
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+comma := ,
 
 .PHONY: serve test install install-test system-tools clean
 
@@ -21,16 +22,16 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 define pip_install
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e "$(1)"
+	$(BIN)/python -m pip install -q -e ".[$(1)]"
 	if [ "$(VLLM_EXTRA)" = cpu ]; then $(BIN)/python -m pip uninstall -y -q torchaudio torchvision torchcodec; fi
 endef
 
 $(VENV)/.installed-$(VLLM_EXTRA): pyproject.toml
-	$(call pip_install,.[$(VLLM_EXTRA)])
+	$(call pip_install,$(VLLM_EXTRA))
 	touch $@
 
 $(VENV)/.installed-test-$(VLLM_EXTRA): pyproject.toml
-	$(call pip_install,.[$(VLLM_EXTRA),test])
+	$(call pip_install,$(VLLM_EXTRA)$(comma)test)
 	touch $@ $(VENV)/.installed-$(VLLM_EXTRA)
 
 install: $(VENV)/.installed-$(VLLM_EXTRA)
