@@ -2,10 +2,27 @@
 
 from __future__ import annotations
 
+import zlib
+from collections.abc import Iterable
+
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
-from server.api.protocol import InputTokenDetails, TokenUsage, TranscriptionResponse
-from server.asr.transcriber import Transcript, Usage
+from server.api.protocol import (
+    DurationUsage,
+    InputTokenDetails,
+    TokenLogprobOut,
+    TokenUsage,
+    TranscriptionResponse,
+    TranscriptionSegment,
+    TranscriptionWord,
+    VerboseTranscriptionResponse,
+)
+from server.asr.engine import TokenLogprob
+from server.asr.prompt import LANGUAGE_NAMES
+from server.asr.transcriber import Segment, Transcript, Usage
+from server.formats.subtitles import to_srt, to_vtt
+
+DEFAULT_GRANULARITIES = frozenset({"segment"})
 
 
 def token_usage(usage: Usage) -> TokenUsage:
@@ -20,10 +37,100 @@ def token_usage(usage: Usage) -> TokenUsage:
     )
 
 
-def render(transcript: Transcript, response_format: str) -> Response:
+def duration_usage(usage: Usage) -> DurationUsage:
+    """verbose_json's usage: OpenAI's duration shape, carrying the token counts too."""
+    tokens = token_usage(usage)
+    return DurationUsage(
+        seconds=tokens.seconds,
+        input_tokens=tokens.input_tokens,
+        output_tokens=tokens.output_tokens,
+        total_tokens=tokens.total_tokens,
+        input_token_details=tokens.input_token_details,
+    )
+
+
+def logprobs_out(logprobs: Iterable[TokenLogprob]) -> list[TokenLogprobOut]:
+    # OpenAI sends each token's UTF-8 bytes so clients can rebuild text split mid-character.
+    return [
+        TokenLogprobOut(token=lp.token, logprob=lp.logprob, bytes=list(lp.token.encode("utf-8")))
+        for lp in logprobs
+    ]
+
+
+def render(
+    transcript: Transcript,
+    response_format: str,
+    *,
+    include_logprobs: bool = False,
+    timestamp_granularities: frozenset[str] = DEFAULT_GRANULARITIES,
+) -> Response:
     match response_format:
         case "text":
             return PlainTextResponse(transcript.text)
+        case "srt":
+            # OpenAI serves SRT as text/plain too.
+            return PlainTextResponse(to_srt(transcript.segments))
+        case "vtt":
+            return Response(to_vtt(transcript.segments), media_type="text/vtt")
+        case "verbose_json":
+            return JSONResponse(verbose(transcript, timestamp_granularities).model_dump(mode="json"))
         case _:
-            body = TranscriptionResponse(text=transcript.text, usage=token_usage(transcript.usage))
-            return JSONResponse(body.model_dump())
+            body = TranscriptionResponse(
+                text=transcript.text,
+                logprobs=logprobs_out(transcript.logprobs) if include_logprobs else None,
+                usage=token_usage(transcript.usage),
+            )
+            return JSONResponse(body.model_dump(mode="json"))
+
+
+def verbose(transcript: Transcript, granularities: frozenset[str]) -> VerboseTranscriptionResponse:
+    # As at OpenAI: segments come by default and go only when words alone were asked for.
+    with_segments = "segment" in granularities or "word" not in granularities
+    words = getattr(transcript, "words", None) if "word" in granularities else None
+    return VerboseTranscriptionResponse(
+        task=transcript.task,
+        language=language_name(transcript.language),
+        duration=round(transcript.duration, 3),
+        text=transcript.text,
+        segments=[verbose_segment(s) for s in transcript.segments] if with_segments else None,
+        # Transcript has no word timings yet (the API refuses "word" until alignment
+        # exists); when it gains ``words`` with word/start/end, they show up here.
+        words=[TranscriptionWord(word=w.word, start=round(w.start, 3), end=round(w.end, 3))
+               for w in words] if words is not None else None,
+        usage=duration_usage(transcript.usage),
+    )
+
+
+def verbose_segment(segment: Segment) -> TranscriptionSegment:
+    return TranscriptionSegment(
+        id=segment.id,
+        seek=frames(segment.start),
+        start=round(segment.start, 3),
+        end=round(segment.end, 3),
+        text=segment.text,
+        tokens=segment.token_ids,
+        temperature=segment.temperature,
+        avg_logprob=segment.avg_logprob,
+        compression_ratio=compression_ratio(segment.text),
+        no_speech_prob=0.0,
+    )
+
+
+def language_name(code: str | None) -> str:
+    """Whisper names languages in lowercase English ("english", "french")."""
+    if code is None:
+        return "unknown"
+    return LANGUAGE_NAMES.get(code, code).lower()
+
+
+def frames(seconds: float) -> int:
+    # Whisper's seek counts 10 ms mel frames. Round away float noise before flooring,
+    # so that 1.23 s (1.2299999... * 100) is frame 123, not 122.
+    return int(round(seconds * 100, 6))
+
+
+def compression_ratio(text: str) -> float:
+    """Whisper's repetition signal: UTF-8 bytes over zlib-compressed bytes.
+    An empty text gives 0.0 (zlib still writes an 8-byte stream for it)."""
+    data = text.encode("utf-8")
+    return len(data) / len(zlib.compress(data))
