@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from server.api import health, models, transcriptions
+from server.api import audio, health, models
 from server.asr.engine import SpeechEngine
 from server.asr.transcriber import TranscriptionOptions
 from server.audio.features import SAMPLE_RATE
@@ -45,10 +47,26 @@ def create_app(settings: Settings, engine: SpeechEngine | None = None) -> FastAP
         lifespan=lifespan,
     )
     app.state.server = state
-    for router in (transcriptions.router, models.router, health.router):
+    for router in (audio.router, models.router, health.router):
         app.include_router(router)
     _install_error_handlers(app)
+    app.openapi = functools.partial(_openapi_without_422, app)
     return app
+
+
+def _openapi_without_422(app: FastAPI) -> dict:
+    """FastAPI documents a 422 on every route; this server answers validation
+    errors with OpenAI's 400 instead, so the 422s would be false documentation."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, summary=app.summary,
+                             routes=app.routes)
+        for path in schema["paths"].values():
+            for operation in path.values():
+                operation.get("responses", {}).pop("422", None)
+        for name in ("HTTPValidationError", "ValidationError"):
+            schema.get("components", {}).get("schemas", {}).pop(name, None)
+        app.openapi_schema = schema
+    return app.openapi_schema
 
 
 async def _bring_up(state: AppState, *, own_engine: bool) -> None:

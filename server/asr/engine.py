@@ -38,7 +38,14 @@ class SegmentRequest:
     audio: np.ndarray
     max_tokens: int
     temperature: float = 0.0
-    logprobs: bool = False
+    stream: bool = False
+    """Yield every step (for streaming) rather than only the final result."""
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    token: str
+    logprob: float
 
 
 @dataclass
@@ -47,7 +54,7 @@ class SegmentResult:
 
     text: str = ""
     token_ids: list[int] = field(default_factory=list)
-    logprobs: list[float] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
     prompt_tokens: int = 0
     finished: bool = False
     finish_reason: str | None = None
@@ -129,13 +136,17 @@ class SpeechEngine:
     ) -> AsyncIterator[SegmentResult]:
         """Yield cumulative results; cancelling the iteration aborts the engine request."""
         from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
         from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 
         params = SamplingParams(
             max_tokens=request.max_tokens,
             temperature=request.temperature,
-            logprobs=0 if request.logprobs else None,
+            # The sampled token's own logprob: segments report avg_logprob.
+            logprobs=0,
             skip_special_tokens=True,
+            output_kind=RequestOutputKind.CUMULATIVE if request.stream
+            else RequestOutputKind.FINAL_ONLY,
         )
         prompt = {
             "prompt_token_ids": request.prompt_token_ids,
@@ -159,7 +170,8 @@ class SpeechEngine:
 def _segment_result(output) -> SegmentResult:
     completion = output.outputs[0]
     logprobs = [
-        step[token].logprob for step, token in zip(completion.logprobs or [], completion.token_ids)
+        TokenLogprob(step[token].decoded_token or "", step[token].logprob)
+        for step, token in zip(completion.logprobs or [], completion.token_ids)
     ]
     return SegmentResult(
         text=completion.text,

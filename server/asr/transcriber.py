@@ -1,18 +1,24 @@
-"""Runs one request through the flow: plan -> prompts -> engine -> stitch."""
+"""Runs one request through the flow: plan -> prompts -> engine -> stitch.
+
+All segments of a request go to the engine at once, so the engine batches them.
+``stream`` yields text deltas in audio order while later segments already run;
+``transcribe`` waits for the final texts only.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import math
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 
 from server.asr import prompt as prompts
-from server.asr.engine import SegmentRequest, SegmentResult, SpeechEngine
-from server.asr.stitch import join_texts
+from server.asr.engine import SegmentRequest, SegmentResult, SpeechEngine, TokenLogprob
+from server.asr.stitch import UNSPACED_LANGUAGES, join_texts
 from server.audio.features import SAMPLE_RATE, audio_token_count
 from server.audio.segment import Span, plan_segments
 from server.config import Settings
@@ -29,7 +35,10 @@ class TranscriptionOptions:
     """Target language of a translation."""
     keywords: tuple[str, ...] = ()
     temperature: float = 0.0
-    logprobs: bool = False
+
+    @property
+    def output_language(self) -> str | None:
+        return self.to_language if self.task == "translate" else self.language
 
     def instruction(self) -> str:
         if self.task == "translate":
@@ -44,11 +53,12 @@ class Segment:
     end: float
     text: str
     token_ids: list[int]
-    logprobs: list[float]
+    logprobs: list[TokenLogprob]
+    temperature: float
 
     @property
     def avg_logprob(self) -> float:
-        return float(np.mean(self.logprobs)) if self.logprobs else 0.0
+        return float(np.mean([lp.logprob for lp in self.logprobs])) if self.logprobs else 0.0
 
 
 @dataclass(frozen=True)
@@ -65,11 +75,37 @@ class Usage:
 
 @dataclass(frozen=True)
 class Transcript:
+    task: Task
     text: str
     language: str | None
     duration: float
-    segments: list[Segment] = field(default_factory=list)
-    usage: Usage | None = None
+    segments: list[Segment]
+    usage: Usage
+
+    @property
+    def logprobs(self) -> list[TokenLogprob]:
+        return [lp for segment in self.segments for lp in segment.logprobs]
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    text: str
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Finished:
+    transcript: Transcript
+
+
+TranscriptEvent = TextDelta | Finished
+
+
+@dataclass
+class _Plan:
+    spans: list[Span]
+    requests: list[SegmentRequest]
+    request_ids: list[str]
 
 
 class Transcriber:
@@ -78,27 +114,42 @@ class Transcriber:
         self.settings = settings
 
     async def transcribe(self, audio: np.ndarray, options: TranscriptionOptions) -> Transcript:
-        spans = plan_segments(len(audio), SAMPLE_RATE, self.settings.max_segment_seconds)
-        prompt_ids = prompts.render_prompt(self.engine.tokenizer, options.instruction())
-        request_id = uuid.uuid4().hex
+        plan = self._plan(audio, options, stream=False)
         results = await asyncio.gather(
-            *(
-                self._run_segment(self._segment_request(audio[s.start : s.end], prompt_ids, options),
-                                  f"{request_id}-{i}")
-                for i, s in enumerate(spans)
-            )
+            *(self._final(request, rid) for request, rid in zip(plan.requests, plan.request_ids))
         )
-        return self._stitch(spans, results, prompt_ids, options, len(audio))
+        return self._stitch(plan, results, options, len(audio))
 
-    def _segment_request(self, audio: np.ndarray, prompt_ids: list[int],
-                         options: TranscriptionOptions) -> SegmentRequest:
-        return SegmentRequest(
-            prompt_token_ids=prompt_ids,
-            audio=audio,
-            max_tokens=self.output_budget(len(audio), len(prompt_ids)),
-            temperature=options.temperature,
-            logprobs=options.logprobs,
-        )
+    async def stream(
+        self, audio: np.ndarray, options: TranscriptionOptions
+    ) -> AsyncIterator[TranscriptEvent]:
+        """Deltas in audio order, then ``Finished``. Closing the iterator early
+        (a client that went away) cancels every segment, which aborts it in vLLM."""
+        plan = self._plan(audio, options, stream=True)
+        queues = [asyncio.Queue[SegmentResult | BaseException]() for _ in plan.requests]
+        tasks = [
+            asyncio.create_task(self._pump(request, rid, queue))
+            for request, rid, queue in zip(plan.requests, plan.request_ids, queues)
+        ]
+        try:
+            deltas = _DeltaTracker(spaced=options.output_language not in UNSPACED_LANGUAGES)
+            results = []
+            for queue in queues:
+                result = SegmentResult()
+                while not result.finished:
+                    item = await queue.get()
+                    if isinstance(item, BaseException):
+                        raise item
+                    result = item
+                    if delta := deltas.advance(result):
+                        yield delta
+                deltas.end_segment()
+                results.append(result)
+            yield Finished(self._stitch(plan, results, options, len(audio)))
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     def output_budget(self, num_samples: int, prompt_tokens: int) -> int:
         """Room for fast speech, far below the context: a model that never says
@@ -111,15 +162,39 @@ class Transcriber:
         used = prompt_tokens - 1 + audio_token_count(num_samples)
         return max(1, min(wanted, self.settings.max_model_len - used))
 
-    async def _run_segment(self, request: SegmentRequest, request_id: str) -> SegmentResult:
+    def _plan(self, audio: np.ndarray, options: TranscriptionOptions, *, stream: bool) -> _Plan:
+        spans = plan_segments(len(audio), SAMPLE_RATE, self.settings.max_segment_seconds)
+        prompt_ids = prompts.render_prompt(self.engine.tokenizer, options.instruction())
+        request_id = uuid.uuid4().hex
+        requests = [
+            SegmentRequest(
+                prompt_token_ids=prompt_ids,
+                audio=audio[span.start : span.end],
+                max_tokens=self.output_budget(span.end - span.start, len(prompt_ids)),
+                temperature=options.temperature,
+                stream=stream,
+            )
+            for span in spans
+        ]
+        return _Plan(spans, requests, [f"{request_id}-{i}" for i in range(len(spans))])
+
+    async def _final(self, request: SegmentRequest, request_id: str) -> SegmentResult:
         result = SegmentResult()
         async for result in self.engine.generate(request, request_id):
             pass
         return result
 
-    def _stitch(self, spans: list[Span], results: list[SegmentResult], prompt_ids: list[int],
+    async def _pump(self, request: SegmentRequest, request_id: str, queue: asyncio.Queue) -> None:
+        try:
+            async for result in self.engine.generate(request, request_id):
+                queue.put_nowait(result)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - handed to the consumer, which raises it
+            queue.put_nowait(exc)
+
+    def _stitch(self, plan: _Plan, results: list[SegmentResult],
                 options: TranscriptionOptions, num_samples: int) -> Transcript:
-        language = options.to_language if options.task == "translate" else options.language
         segments = [
             Segment(
                 id=i,
@@ -128,20 +203,50 @@ class Transcriber:
                 text=result.text.strip(),
                 token_ids=result.token_ids,
                 logprobs=result.logprobs,
+                temperature=options.temperature,
             )
-            for i, (span, result) in enumerate(zip(spans, results))
+            for i, (span, result) in enumerate(zip(plan.spans, results))
         ]
-        audio_tokens = sum(audio_token_count(s.end - s.start) for s in spans)
+        prompt_text_tokens = len(plan.requests[0].prompt_token_ids) - 1
         usage = Usage(
-            audio_tokens=audio_tokens,
-            text_tokens=(len(prompt_ids) - 1) * len(spans),
+            audio_tokens=sum(audio_token_count(s.end - s.start) for s in plan.spans),
+            text_tokens=prompt_text_tokens * len(plan.spans),
             output_tokens=sum(len(r.token_ids) for r in results),
             seconds=num_samples / SAMPLE_RATE,
         )
         return Transcript(
-            text=join_texts([s.text for s in segments], language),
-            language=language,
+            task=options.task,
+            text=join_texts([s.text for s in segments], options.output_language),
+            language=options.output_language,
             duration=num_samples / SAMPLE_RATE,
             segments=segments,
             usage=usage,
         )
+
+
+class _DeltaTracker:
+    """Turns cumulative segment texts into deltas whose concatenation is exactly
+    the stitched transcript: edges are stripped, trailing whitespace is held back
+    until text follows it, and segments are joined as ``join_texts`` joins them."""
+
+    def __init__(self, *, spaced: bool) -> None:
+        self._separator = " " if spaced else ""
+        self._anything_sent = False
+        self._sent_chars = 0
+        self._sent_tokens = 0
+
+    def advance(self, result: SegmentResult) -> TextDelta | None:
+        stable = result.text.strip()
+        new_text = stable[self._sent_chars :]
+        if not new_text:
+            return None
+        prefix = self._separator if self._anything_sent and self._sent_chars == 0 else ""
+        logprobs = result.logprobs[self._sent_tokens :]
+        self._sent_chars = len(stable)
+        self._sent_tokens = len(result.logprobs)
+        self._anything_sent = True
+        return TextDelta(prefix + new_text, logprobs)
+
+    def end_segment(self) -> None:
+        self._sent_chars = 0
+        self._sent_tokens = 0

@@ -1,0 +1,178 @@
+"""POST /v1/audio/transcriptions and /v1/audio/translations."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import numpy as np
+from fastapi import APIRouter, Form, Request, UploadFile
+from fastapi.responses import Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from server.api.audio_form import (
+    FileField,
+    KeywordsField,
+    ModelField,
+    PromptField,
+    ResponseFormatField,
+    StreamField,
+    TemperatureField,
+    check_model,
+    check_streamable,
+    check_transcription_language,
+    check_translation_pair,
+    collect_keywords,
+    log_unknown_fields,
+)
+from server.api.deps import StateDep, TranscriberDep
+from server.api.protocol import ErrorResponse, TranscriptionResponse, VerboseTranscriptionResponse
+from server.asr.transcriber import Transcriber, TranscriptionOptions
+from server.audio.decode import decode_audio
+from server.errors import InvalidRequest, UploadTooLarge
+from server.formats.render import render
+from server.formats.sse import sse_stream
+from server.state import AppState
+
+router = APIRouter(tags=["audio"])
+
+RESPONSES = {
+    200: {
+        "description": "`json`: Transcription; `verbose_json`: VerboseTranscription; "
+        "`text`, `srt`: text/plain; `vtt`: text/vtt; `stream=true`: text/event-stream.",
+        "model": TranscriptionResponse | VerboseTranscriptionResponse,
+        "content": {
+            "text/plain": {"schema": {"type": "string"}},
+            "text/vtt": {"schema": {"type": "string"}},
+            "text/event-stream": {"schema": {"type": "string"}},
+        },
+    },
+    **{status: {"model": ErrorResponse, "description": description} for status, description in {
+        400: "Invalid request, unsupported language or undecodable audio",
+        404: "Unknown model",
+        413: "Upload too large",
+        503: "Model not ready or engine unavailable",
+    }.items()},
+}
+
+TRANSCRIPTION_FIELDS = {"file", "model", "language", "prompt", "response_format", "temperature",
+                        "timestamp_granularities[]", "include[]", "stream", "keywords"}
+TRANSLATION_FIELDS = {"file", "model", "language", "to_language", "prompt", "response_format",
+                      "temperature", "stream", "keywords"}
+
+
+@router.post("/v1/audio/transcriptions", responses=RESPONSES, response_model=None,
+             summary="Transcribe audio into the input language")
+async def create_transcription(
+    request: Request,
+    state: StateDep,
+    transcriber: TranscriberDep,
+    file: FileField,
+    model: ModelField,
+    language: Annotated[str | None, Form(description="ISO-639-1 code of the spoken language "
+                                         "(en, fr, de, es, pt, ja).", examples=["en"])] = None,
+    prompt: PromptField = None,
+    response_format: ResponseFormatField = "json",
+    temperature: TemperatureField = 0.0,
+    timestamp_granularities: Annotated[list[str] | None, Form(
+        alias="timestamp_granularities[]",
+        description="`segment` (from the segment plan); needs verbose_json. `word` is not "
+        "available yet and is refused rather than ignored.")] = None,
+    include: Annotated[list[str] | None, Form(
+        alias="include[]", description="`logprobs`: token log probabilities (json, or "
+        "streamed).")] = None,
+    stream: StreamField = False,
+    keywords: KeywordsField = None,
+) -> Response:
+    await log_unknown_fields(request, TRANSCRIPTION_FIELDS)
+    check_model(state, model)
+    check_transcription_language(language)
+    check_streamable(stream, response_format)
+    granularities = check_granularities(timestamp_granularities, response_format)
+    include_logprobs = check_include(include, response_format)
+    options = TranscriptionOptions(task="transcribe", language=language,
+                                   keywords=collect_keywords(prompt, keywords),
+                                   temperature=temperature)
+    return await respond(state, transcriber, file, options, response_format, stream=stream,
+                         include_logprobs=include_logprobs, granularities=granularities)
+
+
+@router.post("/v1/audio/translations", responses=RESPONSES, response_model=None,
+             summary="Translate speech into English (or, as an extension, out of English)")
+async def create_translation(
+    request: Request,
+    state: StateDep,
+    transcriber: TranscriberDep,
+    file: FileField,
+    model: ModelField,
+    prompt: PromptField = None,
+    response_format: ResponseFormatField = "json",
+    temperature: TemperatureField = 0.0,
+    language: Annotated[str | None, Form(description="Extension: ISO-639-1 code of the "
+                                         "spoken language, if known.", examples=["fr"])] = None,
+    to_language: Annotated[str, Form(description="Extension: target language. `en` (the "
+                                     "default, as OpenAI) from fr/de/es/pt/ja; from English "
+                                     "into fr, de, es, pt, ja, it or zh.",
+                                     examples=["en", "fr"])] = "en",
+    stream: StreamField = False,
+    keywords: KeywordsField = None,
+) -> Response:
+    await log_unknown_fields(request, TRANSLATION_FIELDS)
+    check_model(state, model)
+    check_translation_pair(language, to_language)
+    check_streamable(stream, response_format)
+    options = TranscriptionOptions(task="translate", language=language, to_language=to_language,
+                                   keywords=collect_keywords(prompt, keywords),
+                                   temperature=temperature)
+    return await respond(state, transcriber, file, options, response_format, stream=stream,
+                         include_logprobs=False, granularities=frozenset({"segment"}))
+
+
+def check_granularities(values: list[str] | None, response_format: str) -> frozenset[str]:
+    granularities = frozenset(values or ["segment"])
+    if unknown := granularities - {"segment", "word"}:
+        raise InvalidRequest(f"Unknown timestamp granularity: {', '.join(sorted(unknown))}; "
+                             "use segment or word.", param="timestamp_granularities")
+    if "word" in granularities:
+        raise InvalidRequest("Word timestamps are not available yet; use segment.",
+                             param="timestamp_granularities")
+    if values and response_format != "verbose_json":
+        raise InvalidRequest("timestamp_granularities needs response_format=verbose_json.",
+                             param="timestamp_granularities")
+    return granularities
+
+
+def check_include(values: list[str] | None, response_format: str) -> bool:
+    if not values:
+        return False
+    if unknown := set(values) - {"logprobs"}:
+        raise InvalidRequest(f"Unknown include value: {', '.join(sorted(unknown))}.",
+                             param="include")
+    if response_format != "json":
+        raise InvalidRequest("include[]=logprobs needs response_format=json.", param="include")
+    return True
+
+
+async def respond(state: AppState, transcriber: Transcriber, file: UploadFile,
+                  options: TranscriptionOptions, response_format: str, *, stream: bool,
+                  include_logprobs: bool, granularities: frozenset[str]) -> Response:
+    audio = await decode_upload(state, file)
+    if stream:
+        events = transcriber.stream(audio, options)
+        return StreamingResponse(sse_stream(events, include_logprobs=include_logprobs),
+                                 media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache"})
+    transcript = await transcriber.transcribe(audio, options)
+    return render(transcript, response_format, include_logprobs=include_logprobs,
+                  timestamp_granularities=granularities)
+
+
+async def decode_upload(state: AppState, file: UploadFile) -> np.ndarray:
+    settings = state.settings
+    data = await file.read(settings.max_upload_bytes + 1)
+    if len(data) > settings.max_upload_bytes:
+        raise UploadTooLarge(f"The upload exceeds the limit of {settings.max_upload_mb:g} MB.")
+    decoded = await run_in_threadpool(
+        decode_audio, data,
+        max_duration_s=settings.max_audio_seconds, min_duration_s=settings.min_audio_seconds,
+    )
+    return decoded.samples

@@ -1,0 +1,95 @@
+"""Form fields shared by the transcription and translation endpoints, and their checks.
+
+Field names follow what the OpenAI SDKs send: list fields arrive as repeated
+``name[]`` parts. Each check raises a typed error naming the offending field.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable
+from typing import Annotated
+
+from fastapi import File, Form, Request, UploadFile
+
+from server.api.protocol import ResponseFormat
+from server.asr.prompt import LANGUAGE_NAMES, TRANSCRIPTION_LANGUAGES, TRANSLATION_PAIRS
+from server.errors import InvalidRequest, ModelNotFound, UnsupportedLanguage
+from server.state import AppState
+
+log = logging.getLogger(__name__)
+
+MAX_KEYWORDS = 50
+MAX_KEYWORD_CHARS = 1000
+"""Keywords go into the prompt: bounded so they can't crowd out audio and output."""
+
+FileField = Annotated[UploadFile, File(description="Audio in any format FFmpeg decodes "
+                                       "(flac, mp3, mp4, mpeg, mpga, m4a, ogg, opus, wav, webm, ...).")]
+ModelField = Annotated[str, Form(description="A served model name (see GET /v1/models).",
+                                 examples=["granite-4.0-1b-speech"])]
+PromptField = Annotated[str | None, Form(
+    description="Text to guide the model. Granite has no free-text prompt: the text is split "
+    "on commas, semicolons and newlines into keywords for its keyword biasing.",
+    examples=["Granite, vLLM, Kubernetes"])]
+KeywordsField = Annotated[list[str] | None, Form(
+    description="Extension: names, acronyms or spellings to bias the model towards. "
+    "Repeat the field or give a comma-separated list.", examples=[["Granite", "vLLM"]])]
+TemperatureField = Annotated[float, Form(ge=0, le=1, description="Sampling temperature; "
+                                         "0 decodes greedily.")]
+ResponseFormatField = Annotated[ResponseFormat, Form(
+    description="json, text, srt, verbose_json or vtt. text/srt/vtt are plain bodies.")]
+StreamField = Annotated[bool, Form(
+    description="Stream the text as server-sent events (`transcript.text.delta`, then "
+    "`transcript.text.done`). json and text formats only.")]
+
+
+def check_model(state: AppState, model: str) -> None:
+    names = state.settings.model_names
+    if model not in names:
+        raise ModelNotFound(
+            f"The model '{model}' does not exist; this server serves {', '.join(names)}."
+        )
+
+
+def check_transcription_language(language: str | None) -> None:
+    if language is not None and language not in TRANSCRIPTION_LANGUAGES:
+        raise UnsupportedLanguage(
+            f"Language '{language}' is not supported for transcription; supported: "
+            f"{', '.join(TRANSCRIPTION_LANGUAGES)}."
+        )
+
+
+def check_translation_pair(source: str | None, target: str) -> None:
+    """The model translates X->English and English->X; a missing source means
+    English when the target isn't, and any supported source when it is."""
+    supported = ", ".join(f"{s}->{t}" for s, t in TRANSLATION_PAIRS)
+    if target not in LANGUAGE_NAMES or target not in {t for _, t in TRANSLATION_PAIRS}:
+        raise UnsupportedLanguage(f"Cannot translate into '{target}'; supported pairs: "
+                                  f"{supported}.", param="to_language")
+    if source is not None and (source, target) not in TRANSLATION_PAIRS:
+        raise UnsupportedLanguage(f"Cannot translate {source}->{target}; supported pairs: "
+                                  f"{supported}.", param="language")
+
+
+def check_streamable(stream: bool, response_format: str) -> None:
+    if stream and response_format not in ("json", "text"):
+        raise InvalidRequest(f"stream=true is available for json and text, not "
+                             f"'{response_format}'.", param="stream")
+
+
+def collect_keywords(prompt: str | None, keywords: Iterable[str] | None) -> tuple[str, ...]:
+    pieces = [prompt or ""] + list(keywords or [])
+    found = [word.strip() for piece in pieces for word in re.split(r"[,;\n]", piece)]
+    unique = tuple(dict.fromkeys(word for word in found if word))
+    if len(unique) > MAX_KEYWORDS or sum(map(len, unique)) > MAX_KEYWORD_CHARS:
+        raise InvalidRequest(f"Too many keywords: at most {MAX_KEYWORDS} and "
+                             f"{MAX_KEYWORD_CHARS} characters in all.", param="prompt")
+    return unique
+
+
+async def log_unknown_fields(request: Request, known: Iterable[str]) -> None:
+    """OpenAI clients add fields over time: accept them, but say which were ignored."""
+    unknown = sorted(set((await request.form()).keys()) - set(known))
+    if unknown:
+        log.info("Ignoring unknown form fields on %s: %s", request.url.path, ", ".join(unknown))

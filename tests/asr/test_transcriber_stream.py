@@ -1,0 +1,106 @@
+"""Streaming logic with a scripted engine: deltas come in audio order while all
+segments run at once, and they add up exactly to the stitched transcript."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from server.asr.engine import SegmentResult, TokenLogprob
+from server.audio.features import audio_token_count
+from server.asr.transcriber import Finished, TextDelta, Transcriber, TranscriptionOptions
+from server.config import Settings
+from server.errors import EngineError
+from tools import tiny_model
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+class ScriptedEngine:
+    """Emits each segment's text word by word, with per-segment delays, recording
+    which requests started and which were cancelled."""
+
+    def __init__(self, texts: list[str], delay_s: list[float], fail_at: int | None = None):
+        self.tokenizer = tiny_model.build_tokenizer()
+        self.texts, self.delay_s, self.fail_at = texts, delay_s, fail_at
+        self.started: list[str] = []
+        self.cancelled: list[str] = []
+
+    async def generate(self, request, request_id):
+        index = len(self.started)
+        self.started.append(request_id)
+        words = self.texts[index].split(" ")
+        try:
+            for n in range(1, len(words) + 1):
+                await asyncio.sleep(self.delay_s[index])
+                if index == self.fail_at:
+                    raise EngineError("engine died")
+                text = " ".join(words[:n])
+                yield SegmentResult(text=text, token_ids=list(range(n)),
+                                    logprobs=[TokenLogprob(w, -0.1) for w in words[:n]],
+                                    finished=n == len(words))
+        except asyncio.CancelledError:
+            self.cancelled.append(request_id)
+            raise
+
+
+def transcriber(engine, seconds: float) -> tuple[Transcriber, np.ndarray]:
+    settings = Settings(model="m", max_segment_seconds=10)
+    return Transcriber(engine, settings), np.zeros(int(seconds * 16000), np.float32)
+
+
+async def collect(events):
+    return [event async for event in events]
+
+
+@pytest.mark.parametrize(("language", "joined"), [("en", "one two three four five"),
+                                                  ("ja", "one twothree fourfive")])
+async def test_deltas_add_up_to_the_stitched_text(language, joined):
+    engine = ScriptedEngine([" one two ", "three four", "", "five"], [0.01, 0.001, 0.001, 0.001])
+    run, audio = transcriber(engine, 35)
+    events = await collect(run.stream(audio, TranscriptionOptions(language=language)))
+    *deltas, done = events
+    assert isinstance(done, Finished)
+    assert "".join(d.text for d in deltas) == done.transcript.text == joined
+    assert [s.text for s in done.transcript.segments] == ["one two", "three four", "", "five"]
+
+
+async def test_all_segments_start_before_the_first_finishes():
+    engine = ScriptedEngine(["a b c", "d e", "f"], [0.05, 0.001, 0.001])
+    run, audio = transcriber(engine, 25)
+    events = run.stream(audio, TranscriptionOptions())
+    first = await anext(events)
+    assert isinstance(first, TextDelta) and first.text == "a"
+    assert len(engine.started) == 3
+    await events.aclose()
+
+
+async def test_closing_the_stream_cancels_every_running_segment():
+    engine = ScriptedEngine(["a b c d e f", "g h i j k", "l m n"], [0.05, 0.05, 0.05])
+    run, audio = transcriber(engine, 25)
+    events = run.stream(audio, TranscriptionOptions())
+    await anext(events)
+    await events.aclose()
+    assert sorted(engine.cancelled) == sorted(engine.started)
+
+
+async def test_an_engine_failure_surfaces_in_audio_order_and_cancels_the_rest():
+    engine = ScriptedEngine(["a b", "c d", "e f g h"], [0.001, 0.001, 0.05], fail_at=1)
+    run, audio = transcriber(engine, 25)
+    received = []
+    with pytest.raises(EngineError):
+        async for event in run.stream(audio, TranscriptionOptions()):
+            received.append(event)
+    assert "".join(e.text for e in received) == "a b"
+    assert engine.started[2] in engine.cancelled
+
+
+async def test_usage_counts_audio_tokens_once_per_segment():
+    engine = ScriptedEngine(["a", "b"], [0.001, 0.001])
+    run, audio = transcriber(engine, 20)
+    transcript = await run.transcribe(audio, TranscriptionOptions())
+    assert transcript.usage.audio_tokens == 2 * audio_token_count(10 * 16000)
+    assert transcript.usage.output_tokens == 2
+    assert transcript.usage.seconds == 20
