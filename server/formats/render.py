@@ -57,6 +57,16 @@ def logprobs_out(logprobs: Iterable[TokenLogprob]) -> list[TokenLogprobOut]:
     ]
 
 
+def usage_headers(usage: Usage) -> dict[str, str]:
+    """Plain-text bodies can't carry the usage object: these headers do (extension)."""
+    return {
+        "X-Usage-Audio-Seconds": f"{usage.seconds:.3f}",
+        "X-Usage-Input-Tokens": str(usage.input_tokens),
+        "X-Usage-Audio-Tokens": str(usage.audio_tokens),
+        "X-Usage-Output-Tokens": str(usage.output_tokens),
+    }
+
+
 def render(
     transcript: Transcript,
     response_format: str,
@@ -64,14 +74,15 @@ def render(
     include_logprobs: bool = False,
     timestamp_granularities: frozenset[str] = DEFAULT_GRANULARITIES,
 ) -> Response:
+    headers = usage_headers(transcript.usage)
     match response_format:
         case "text":
-            return PlainTextResponse(transcript.text)
+            return PlainTextResponse(transcript.text, headers=headers)
         case "srt":
             # OpenAI serves SRT as text/plain too.
-            return PlainTextResponse(to_srt(transcript.segments))
+            return PlainTextResponse(to_srt(transcript.segments), headers=headers)
         case "vtt":
-            return Response(to_vtt(transcript.segments), media_type="text/vtt")
+            return Response(to_vtt(transcript.segments), media_type="text/vtt", headers=headers)
         case "verbose_json":
             return JSONResponse(verbose(transcript, timestamp_granularities).model_dump(mode="json"))
         case _:

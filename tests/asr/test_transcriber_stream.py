@@ -26,11 +26,13 @@ class ScriptedEngine:
         self.tokenizer = tiny_model.build_tokenizer()
         self.texts, self.delay_s, self.fail_at = texts, delay_s, fail_at
         self.started: list[str] = []
+        self.requests: list = []
         self.cancelled: list[str] = []
 
     async def generate(self, request, request_id):
         index = len(self.started)
         self.started.append(request_id)
+        self.requests.append(request)
         words = self.texts[index].split(" ")
         try:
             for n in range(1, len(words) + 1):

@@ -28,7 +28,19 @@ async def test_health_and_readiness(http):
     assert ready.json() == {"status": "ready"}
 
 
-async def test_openapi_documents_the_transcription_form(http):
+async def test_openapi_documents_every_form_field(http):
     spec = (await http.get("/openapi.json")).json()
-    assert "/v1/audio/transcriptions" in spec["paths"]
+    schemas = spec["components"]["schemas"]
+    for path, extensions in [("/v1/audio/transcriptions", {"keywords"}),
+                             ("/v1/audio/translations", {"keywords", "to_language"})]:
+        operation = spec["paths"][path]["post"]
+        body = operation["requestBody"]["content"]["multipart/form-data"]["schema"]["$ref"]
+        fields = schemas[body.rsplit("/", 1)[1]]["properties"]
+        assert extensions <= fields.keys()
+        undocumented = [name for name, field in fields.items() if not field.get("description")]
+        assert undocumented == [], path
+        assert "422" not in operation["responses"]
+        assert {"200", "400", "404", "413", "503"} <= operation["responses"].keys()
+    assert "examples" in schemas["Body_create_translation_v1_audio_translations_post"][
+        "properties"]["to_language"]
     assert (await http.get("/docs")).status_code == 200
