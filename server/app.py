@@ -7,7 +7,6 @@ import contextlib
 import functools
 import logging
 
-import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
@@ -16,8 +15,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from server.api import audio, health, models
 from server.asr.engine import SpeechEngine
-from server.asr.transcriber import TranscriptionOptions
-from server.audio.features import SAMPLE_RATE
 from server.config import Settings
 from server.errors import ServerError
 from server.state import AppState
@@ -73,7 +70,9 @@ async def _bring_up(state: AppState, *, own_engine: bool) -> None:
     try:
         if own_engine:
             state.engine = await asyncio.to_thread(SpeechEngine.start, state.settings)
-        await warm_up(state)
+        # Readiness means the engine really answered, and the first client
+        # doesn't pay for the first request.
+        await state.transcriber.warm_up()
         state.ready = True
         log.info("Ready: serving %s", ", ".join(state.settings.model_names))
     except asyncio.CancelledError:
@@ -82,12 +81,6 @@ async def _bring_up(state: AppState, *, own_engine: bool) -> None:
         log.exception("Start-up failed: %s", exc)
         state.startup_error = exc
         state.request_shutdown()
-
-
-async def warm_up(state: AppState) -> None:
-    """One short request through the whole flow, so the first client doesn't pay for it."""
-    noise = np.random.default_rng(0).normal(0, 0.01, SAMPLE_RATE).astype(np.float32)
-    await state.transcriber.transcribe(noise, TranscriptionOptions())
 
 
 def error_body(status: int, message: str, error_type: str, param: str | None = None,

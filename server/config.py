@@ -98,7 +98,23 @@ class Settings(BaseSettings):
         gt=1,
         le=90,
         description="Longest piece of audio sent to the model at once, in seconds. "
-        "30 s = 300 audio tokens + 300 output tokens, far inside a 2048-token context.",
+        "30 s = ~300 audio tokens + ~20 prompt + 324 output budget: a third of a 2048-token "
+        "context (audio 10/s + output 10/s caps it near 100 s).",
+    )
+    min_segment_seconds: float = Field(
+        1.0, ge=0, description="Shorter speech segments are merged into a neighbour "
+        "(across a pause under 2 s, when the result fits)."
+    )
+    segment_padding_ms: int = Field(
+        300, ge=0, le=2000, description="Audio kept around each segment's speech, in ms "
+        "(the prefix_padding_ms of chunking_strategy=server_vad)."
+    )
+    vad_threshold: float = Field(
+        0.5, gt=0, lt=1, description="Silero VAD speech probability threshold (chunking auto)."
+    )
+    vad_min_silence_ms: int = Field(
+        500, ge=0, description="A pause at least this long may separate two segments "
+        "(chunking auto)."
     )
 
     @field_validator("served_model_name", mode="before")

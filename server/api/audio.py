@@ -10,6 +10,7 @@ from fastapi.responses import Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from server.api.audio_form import (
+    ChunkingField,
     FileField,
     KeywordsField,
     ModelField,
@@ -21,6 +22,7 @@ from server.api.audio_form import (
     check_streamable,
     check_transcription_language,
     check_translation_pair,
+    parse_chunking_strategy,
     collect_keywords,
     log_unknown_fields,
 )
@@ -55,9 +57,10 @@ RESPONSES = {
 }
 
 TRANSCRIPTION_FIELDS = {"file", "model", "language", "prompt", "response_format", "temperature",
-                        "timestamp_granularities[]", "include[]", "stream", "keywords"}
+                        "timestamp_granularities[]", "include[]", "stream", "keywords",
+                        "chunking_strategy"}
 TRANSLATION_FIELDS = {"file", "model", "language", "to_language", "prompt", "response_format",
-                      "temperature", "stream", "keywords"}
+                      "temperature", "stream", "keywords", "chunking_strategy"}
 
 
 @router.post("/v1/audio/transcriptions", responses=RESPONSES, response_model=None,
@@ -82,6 +85,7 @@ async def create_transcription(
         "streamed).")] = None,
     stream: StreamField = False,
     keywords: KeywordsField = None,
+    chunking_strategy: ChunkingField = None,
 ) -> Response:
     await log_unknown_fields(request, TRANSCRIPTION_FIELDS)
     check_model(state, model)
@@ -89,9 +93,10 @@ async def create_transcription(
     check_streamable(stream, response_format)
     granularities = check_granularities(timestamp_granularities, response_format)
     include_logprobs = check_include(include, response_format)
+    vad, padding_ms = await parse_chunking_strategy(request)
     options = TranscriptionOptions(task="transcribe", language=language,
                                    keywords=collect_keywords(prompt, keywords),
-                                   temperature=temperature)
+                                   temperature=temperature, vad=vad, padding_ms=padding_ms)
     return await respond(state, transcriber, file, options, response_format, stream=stream,
                          include_logprobs=include_logprobs, granularities=granularities)
 
@@ -115,14 +120,16 @@ async def create_translation(
                                      examples=["en", "fr"])] = "en",
     stream: StreamField = False,
     keywords: KeywordsField = None,
+    chunking_strategy: ChunkingField = None,
 ) -> Response:
     await log_unknown_fields(request, TRANSLATION_FIELDS)
     check_model(state, model)
     check_translation_pair(language, to_language)
     check_streamable(stream, response_format)
+    vad, padding_ms = await parse_chunking_strategy(request)
     options = TranscriptionOptions(task="translate", language=language, to_language=to_language,
                                    keywords=collect_keywords(prompt, keywords),
-                                   temperature=temperature)
+                                   temperature=temperature, vad=vad, padding_ms=padding_ms)
     return await respond(state, transcriber, file, options, response_format, stream=stream,
                          include_logprobs=False, granularities=frozenset({"segment"}))
 

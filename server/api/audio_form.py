@@ -6,15 +6,18 @@ Field names follow what the OpenAI SDKs send: list fields arrive as repeated
 
 from __future__ import annotations
 
+import json
 import logging
 import re
-from collections.abc import Iterable
-from typing import Annotated
+from collections.abc import Iterable, Mapping
+from typing import Annotated, Literal
 
 from fastapi import File, Form, Request, UploadFile
+from pydantic import BaseModel, Field, ValidationError
 
 from server.api.protocol import ResponseFormat
 from server.asr.prompt import LANGUAGE_NAMES, TRANSCRIPTION_LANGUAGES, TRANSLATION_PAIRS
+from server.audio.vad import VadOptions
 from server.errors import InvalidRequest, ModelNotFound, UnsupportedLanguage
 from server.state import AppState
 
@@ -39,6 +42,12 @@ TemperatureField = Annotated[float, Form(ge=0, le=1, description="Sampling tempe
                                          "0 decodes greedily.")]
 ResponseFormatField = Annotated[ResponseFormat, Form(
     description="json, text, srt, verbose_json or vtt. text/srt/vtt are plain bodies.")]
+ChunkingField = Annotated[str | None, Form(
+    description="`auto` (the default here: Silero VAD picks the cuts, in pauses), or a "
+    "`server_vad` object, as JSON or as the SDK's `chunking_strategy[...]` fields: "
+    "`threshold` (0-1), `silence_duration_ms` (pause that may separate segments), "
+    "`prefix_padding_ms` (audio kept around each segment's speech).",
+    examples=["auto", '{"type": "server_vad", "silence_duration_ms": 500}'])]
 StreamField = Annotated[bool, Form(
     description="Stream the text as server-sent events (`transcript.text.delta`, then "
     "`transcript.text.done`). json and text formats only.")]
@@ -88,8 +97,36 @@ def collect_keywords(prompt: str | None, keywords: Iterable[str] | None) -> tupl
     return unique
 
 
+class ServerVad(BaseModel, extra="forbid"):
+    """OpenAI's server_vad chunking strategy, with OpenAI's defaults."""
+
+    type: Literal["server_vad"]
+    threshold: float = Field(0.5, gt=0, lt=1)
+    silence_duration_ms: int = Field(200, ge=0, le=10_000)
+    prefix_padding_ms: int = Field(300, ge=0, le=2_000)
+
+
+async def parse_chunking_strategy(request: Request) -> tuple[VadOptions | None, int | None]:
+    """(VAD settings, padding) from `chunking_strategy`; (None, None) means the server's."""
+    form = await request.form()
+    prefix = "chunking_strategy["
+    fields = {key[len(prefix):-1]: value for key, value in form.items()
+              if key.startswith(prefix) and key.endswith("]")}
+    raw = form.get("chunking_strategy")
+    if raw in (None, "auto") and not fields:
+        return None, None
+    try:
+        strategy = ServerVad.model_validate(fields or json.loads(raw))
+    except (ValueError, ValidationError) as exc:
+        raise InvalidRequest(f"chunking_strategy must be 'auto' or a server_vad object: {exc}",
+                             param="chunking_strategy") from None
+    vad = VadOptions(threshold=strategy.threshold, min_silence_ms=strategy.silence_duration_ms)
+    return vad, strategy.prefix_padding_ms
+
+
 async def log_unknown_fields(request: Request, known: Iterable[str]) -> None:
     """OpenAI clients add fields over time: accept them, but say which were ignored."""
-    unknown = sorted(set((await request.form()).keys()) - set(known))
+    names = {key for key in (await request.form()).keys() if not key.startswith("chunking_strategy[")}
+    unknown = sorted(names - set(known))
     if unknown:
         log.info("Ignoring unknown form fields on %s: %s", request.url.path, ", ".join(unknown))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import math
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -20,7 +20,8 @@ from server.asr import prompt as prompts
 from server.asr.engine import SegmentRequest, SegmentResult, SpeechEngine, TokenLogprob
 from server.asr.stitch import UNSPACED_LANGUAGES, join_texts
 from server.audio.features import SAMPLE_RATE, audio_token_count
-from server.audio.segment import Span, plan_segments
+from server.audio.segment import PlannedSegment, PlanOptions, plan_segments
+from server.audio.vad import VadOptions
 from server.config import Settings
 
 Task = Literal["transcribe", "translate"]
@@ -35,6 +36,10 @@ class TranscriptionOptions:
     """Target language of a translation."""
     keywords: tuple[str, ...] = ()
     temperature: float = 0.0
+    vad: VadOptions | None = None
+    """The client's own speech-detection settings (chunking_strategy=server_vad)."""
+    padding_ms: int | None = None
+    """The client's prefix_padding_ms (chunking_strategy=server_vad)."""
 
     @property
     def output_language(self) -> str | None:
@@ -103,18 +108,30 @@ TranscriptEvent = TextDelta | Finished
 
 @dataclass
 class _Plan:
-    spans: list[Span]
+    segments: list[PlannedSegment]
     requests: list[SegmentRequest]
     request_ids: list[str]
 
 
+Planner = Callable[[np.ndarray, PlanOptions], list[PlannedSegment]]
+
+
 class Transcriber:
-    def __init__(self, engine: SpeechEngine, settings: Settings) -> None:
+    def __init__(self, engine: SpeechEngine, settings: Settings,
+                 planner: Planner = plan_segments) -> None:
         self.engine = engine
         self.settings = settings
+        self.planner = planner
+
+    async def warm_up(self) -> None:
+        """One short request straight to the engine (noise has no speech to plan)."""
+        noise = np.random.default_rng(0).normal(0, 0.01, SAMPLE_RATE).astype(np.float32)
+        prompt_ids = prompts.render_prompt(self.engine.tokenizer, prompts.TRANSCRIBE_INSTRUCTION)
+        request = SegmentRequest(prompt_ids, noise, self.output_budget(noise.size, len(prompt_ids)))
+        await self._final(request, f"warm-up-{uuid.uuid4().hex}")
 
     async def transcribe(self, audio: np.ndarray, options: TranscriptionOptions) -> Transcript:
-        plan = self._plan(audio, options, stream=False)
+        plan = await self._plan(audio, options, stream=False)
         results = await asyncio.gather(
             *(self._final(request, rid) for request, rid in zip(plan.requests, plan.request_ids))
         )
@@ -125,7 +142,7 @@ class Transcriber:
     ) -> AsyncIterator[TranscriptEvent]:
         """Deltas in audio order, then ``Finished``. Closing the iterator early
         (a client that went away) cancels every segment, which aborts it in vLLM."""
-        plan = self._plan(audio, options, stream=True)
+        plan = await self._plan(audio, options, stream=True)
         queues = [asyncio.Queue[SegmentResult | BaseException]() for _ in plan.requests]
         tasks = [
             asyncio.create_task(self._pump(request, rid, queue))
@@ -162,21 +179,36 @@ class Transcriber:
         used = prompt_tokens - 1 + audio_token_count(num_samples)
         return max(1, min(wanted, self.settings.max_model_len - used))
 
-    def _plan(self, audio: np.ndarray, options: TranscriptionOptions, *, stream: bool) -> _Plan:
-        spans = plan_segments(len(audio), SAMPLE_RATE, self.settings.max_segment_seconds)
+    def plan_options(self, options: TranscriptionOptions) -> PlanOptions:
+        settings = self.settings
+        default_vad = VadOptions(threshold=settings.vad_threshold,
+                                 min_silence_ms=settings.vad_min_silence_ms)
+        return PlanOptions(
+            max_segment_s=settings.max_segment_seconds,
+            min_segment_s=settings.min_segment_seconds,
+            padding_ms=settings.segment_padding_ms if options.padding_ms is None
+            else options.padding_ms,
+            vad=options.vad or default_vad,
+        )
+
+    async def _plan(self, audio: np.ndarray, options: TranscriptionOptions, *,
+                    stream: bool) -> _Plan:
+        # The VAD is CPU work: a worker thread, not the event loop.
+        segments = await asyncio.to_thread(self.planner, audio, self.plan_options(options))
         prompt_ids = prompts.render_prompt(self.engine.tokenizer, options.instruction())
         request_id = uuid.uuid4().hex
         requests = [
             SegmentRequest(
                 prompt_token_ids=prompt_ids,
-                audio=audio[span.start : span.end],
-                max_tokens=self.output_budget(span.end - span.start, len(prompt_ids)),
+                # A view, not a copy: a long file's samples are held once.
+                audio=audio[segment.audio_start : segment.audio_end],
+                max_tokens=self.output_budget(segment.num_audio_samples, len(prompt_ids)),
                 temperature=options.temperature,
                 stream=stream,
             )
-            for span in spans
+            for segment in segments
         ]
-        return _Plan(spans, requests, [f"{request_id}-{i}" for i in range(len(spans))])
+        return _Plan(segments, requests, [f"{request_id}-{i}" for i in range(len(segments))])
 
     async def _final(self, request: SegmentRequest, request_id: str) -> SegmentResult:
         result = SegmentResult()
@@ -198,19 +230,18 @@ class Transcriber:
         segments = [
             Segment(
                 id=i,
-                start=span.start / SAMPLE_RATE,
-                end=span.end / SAMPLE_RATE,
+                start=planned.start / SAMPLE_RATE,
+                end=planned.end / SAMPLE_RATE,
                 text=result.text.strip(),
                 token_ids=result.token_ids,
                 logprobs=result.logprobs,
                 temperature=options.temperature,
             )
-            for i, (span, result) in enumerate(zip(plan.spans, results))
+            for i, (planned, result) in enumerate(zip(plan.segments, results))
         ]
-        prompt_text_tokens = len(plan.requests[0].prompt_token_ids) - 1
         usage = Usage(
-            audio_tokens=sum(audio_token_count(s.end - s.start) for s in plan.spans),
-            text_tokens=prompt_text_tokens * len(plan.spans),
+            audio_tokens=sum(audio_token_count(r.audio.size) for r in plan.requests),
+            text_tokens=sum(len(r.prompt_token_ids) - 1 for r in plan.requests),
             output_tokens=sum(len(r.token_ids) for r in results),
             seconds=num_samples / SAMPLE_RATE,
         )

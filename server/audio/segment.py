@@ -1,26 +1,136 @@
-"""The segment plan: where the audio is cut before it goes to the model.
+"""The segment plan: which pieces of the audio go to the model, and where they sit in time.
 
-The model sees at most ``max_segment_s`` of audio per prompt (its context holds
-the audio tokens plus the output). This plan cuts long audio into equal pieces;
-it knows nothing about speech yet, so a cut can fall inside a word.
+Cuts fall only in pauses found by the VAD. Every planned segment holds at most
+``max_segment_s`` of audio: the model's context must hold its audio tokens
+(~10/s), the prompt and the output budget (``output_tokens_per_second``, default
+10/s), so with max_model_len 2048 a segment can't exceed ~100 s; the 30 s
+default leaves two thirds of the context free. A single speech run longer than
+the maximum is cut at its quietest moment.
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+
+import numpy as np
+
+from server.audio.features import SAMPLE_RATE
+from server.audio.vad import VadOptions, speech_regions
+
+QUIET_WINDOW = SAMPLE_RATE // 20
+"""Energy is compared over 50 ms windows when looking for the quietest cut."""
 
 
 @dataclass(frozen=True)
-class Span:
-    """A piece of the audio, in samples [start, end)."""
+class PlanOptions:
+    max_segment_s: float = 30.0
+    min_segment_s: float = 1.0
+    """Shorter segments are merged into a neighbour (when the result fits)."""
+    max_merge_gap_s: float = 2.0
+    """...but only across a pause shorter than this."""
+    padding_ms: int = 300
+    """Audio kept around each segment's speech, so onsets and decays aren't clipped."""
+    vad: VadOptions = VadOptions()
+
+
+@dataclass(frozen=True)
+class PlannedSegment:
+    """Sample offsets into the request's audio."""
 
     start: int
+    """Where the segment's speech starts (its timestamp)."""
     end: int
+    audio_start: int
+    """The audio sent to the model: the speech plus padding."""
+    audio_end: int
+
+    @property
+    def num_audio_samples(self) -> int:
+        return self.audio_end - self.audio_start
 
 
-def plan_segments(num_samples: int, sample_rate: int, max_segment_s: float) -> list[Span]:
-    max_len = int(max_segment_s * sample_rate)
-    count = max(1, math.ceil(num_samples / max_len))
-    bounds = [round(i * num_samples / count) for i in range(count + 1)]
-    return [Span(start, end) for start, end in zip(bounds, bounds[1:])]
+Detector = Callable[[np.ndarray, VadOptions], list[tuple[int, int]]]
+
+
+def plan_segments(audio: np.ndarray, options: PlanOptions,
+                  detect: Detector = speech_regions) -> list[PlannedSegment]:
+    """CPU-bound (runs the VAD): call from a worker thread."""
+    max_len = int(options.max_segment_s * SAMPLE_RATE)
+    regions = detect(audio, options.vad)
+    regions = [piece for region in regions for piece in split_long(audio, region, max_len)]
+    regions = merge_short(regions, options, max_len)
+    return pad(regions, len(audio), int(options.padding_ms * SAMPLE_RATE / 1000), max_len)
+
+
+def split_long(audio: np.ndarray, region: tuple[int, int], max_len: int) -> list[tuple[int, int]]:
+    """Cut a speech run longer than ``max_len`` at its quietest 50 ms in the back half
+    of each allowed stretch, so pieces stay long and a cut rarely lands in a word."""
+    start, end = region
+    pieces = []
+    while end - start > max_len:
+        cut = quietest_point(audio, start + max_len // 2, start + max_len)
+        pieces.append((start, cut))
+        start = cut
+    pieces.append((start, end))
+    return pieces
+
+
+def quietest_point(audio: np.ndarray, lo: int, hi: int) -> int:
+    windows = (hi - lo) // QUIET_WINDOW
+    if windows < 1:
+        return hi
+    frames = audio[lo : lo + windows * QUIET_WINDOW].reshape(windows, QUIET_WINDOW)
+    energy = np.square(frames, dtype=np.float64).mean(axis=1)
+    return lo + int(np.argmin(energy)) * QUIET_WINDOW + QUIET_WINDOW // 2
+
+
+def merge_short(regions: Sequence[tuple[int, int]], options: PlanOptions,
+                max_len: int) -> list[tuple[int, int]]:
+    min_len = options.min_segment_s * SAMPLE_RATE
+    max_gap = options.max_merge_gap_s * SAMPLE_RATE
+    merged = list(regions)
+    i = 0
+    while i < len(merged):
+        start, end = merged[i]
+        if end - start >= min_len:
+            i += 1
+            continue
+        target = _merge_target(merged, i, max_gap, max_len)
+        if target is None:
+            i += 1
+            continue
+        lo, hi = sorted((i, target))
+        merged[lo : hi + 1] = [(merged[lo][0], merged[hi][1])]
+        i = lo
+    return merged
+
+
+def _merge_target(regions: list[tuple[int, int]], i: int, max_gap: float,
+                  max_len: int) -> int | None:
+    """The neighbour across the shorter pause, if the pause and the result are small enough."""
+    best: tuple[int, int] | None = None
+    for j in (i - 1, i + 1):
+        if not 0 <= j < len(regions):
+            continue
+        lo, hi = min(i, j), max(i, j)
+        gap = regions[hi][0] - regions[lo][1]
+        fits = gap <= max_gap and regions[hi][1] - regions[lo][0] <= max_len
+        if fits and (best is None or gap < best[0]):
+            best = (gap, j)
+    return None if best is None else best[1]
+
+
+def pad(regions: Sequence[tuple[int, int]], total: int, padding: int,
+        max_len: int) -> list[PlannedSegment]:
+    """Widen each segment's audio into the pauses around it, never past the middle of
+    a pause (the neighbour's share) nor beyond the maximum length."""
+    planned = []
+    for k, (start, end) in enumerate(regions):
+        prev_end = regions[k - 1][1] if k else 0
+        next_start = regions[k + 1][0] if k + 1 < len(regions) else total
+        room = max(0, max_len - (end - start)) // 2
+        before = min(padding, room, (start - prev_end) // 2 if k else start)
+        after = min(padding, room, (next_start - end) // 2 if k + 1 < len(regions) else total - end)
+        planned.append(PlannedSegment(start, end, start - before, end + after))
+    return planned

@@ -1,4 +1,4 @@
-"""Pure logic: the segment plan, stitching, and the output budget."""
+"""Pure logic: stitching and the output budget."""
 
 from __future__ import annotations
 
@@ -8,21 +8,7 @@ import pytest
 
 from server.asr.stitch import join_texts
 from server.asr.transcriber import Transcriber
-from server.audio.segment import Span, plan_segments
 from server.config import Settings
-
-
-@pytest.mark.parametrize("seconds", [0.1, 1, 29.99, 30, 30.01, 95.5, 7200])
-def test_plan_covers_the_audio_without_gaps_within_the_maximum(seconds):
-    n = int(seconds * 16000)
-    spans = plan_segments(n, 16000, 30.0)
-    assert spans[0].start == 0 and spans[-1].end == n
-    assert all(a.end == b.start for a, b in zip(spans, spans[1:]))
-    assert all(0 < s.end - s.start <= 30 * 16000 for s in spans)
-
-
-def test_plan_keeps_short_audio_whole():
-    assert plan_segments(16000, 16000, 30.0) == [Span(0, 16000)]
 
 
 def test_join_uses_spaces_except_for_unspaced_scripts():

@@ -10,6 +10,7 @@ import pytest
 
 from server.asr.engine import SegmentResult, TokenLogprob
 from server.audio.features import audio_token_count
+from server.audio.segment import PlannedSegment, PlanOptions
 from server.asr.transcriber import Finished, TextDelta, Transcriber, TranscriptionOptions
 from server.config import Settings
 from server.errors import EngineError
@@ -48,9 +49,17 @@ class ScriptedEngine:
             raise
 
 
+def fixed_length_plan(audio, options: PlanOptions) -> list[PlannedSegment]:
+    """Every max_segment_s of audio is a segment: no VAD, so zeros work as audio."""
+    step = int(options.max_segment_s * 16000)
+    return [PlannedSegment(lo, min(lo + step, audio.size), lo, min(lo + step, audio.size))
+            for lo in range(0, audio.size, step)]
+
+
 def transcriber(engine, seconds: float) -> tuple[Transcriber, np.ndarray]:
     settings = Settings(model="m", max_segment_seconds=10)
-    return Transcriber(engine, settings), np.zeros(int(seconds * 16000), np.float32)
+    run = Transcriber(engine, settings, planner=fixed_length_plan)
+    return run, np.zeros(int(seconds * 16000), np.float32)
 
 
 async def collect(events):
@@ -106,3 +115,14 @@ async def test_usage_counts_audio_tokens_once_per_segment():
     assert transcript.usage.audio_tokens == 2 * audio_token_count(10 * 16000)
     assert transcript.usage.output_tokens == 2
     assert transcript.usage.seconds == 20
+
+
+async def test_audio_without_speech_makes_no_engine_call():
+    engine = ScriptedEngine([], [])
+    run = Transcriber(engine, Settings(model="m"))
+    silence = np.zeros(16000 * 5, np.float32)
+    transcript = await run.transcribe(silence, TranscriptionOptions())
+    events = await collect(run.stream(silence, TranscriptionOptions()))
+    assert transcript.text == "" and transcript.segments == [] and engine.started == []
+    assert len(events) == 1 and events[0].transcript.text == ""
+    assert transcript.usage.audio_tokens == 0 and transcript.usage.seconds == 5
