@@ -1,0 +1,65 @@
+"""Start and stop the two servers compared here, on the same model and machine.
+
+Ours: ``python -m server``. vLLM's own: ``python -m vllm.entrypoints.openai.api_server``
+in the same environment, with this project's plugin selected through
+``--hf-overrides``, so engine and audio processor are identical and only the
+serving layer differs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+
+from server.vllm_plugin import ARCHITECTURE
+
+
+def our_command(model: str, port: int, extra: list[str]) -> list[str]:
+    return [sys.executable, "-m", "server", "--model", model, "--port", str(port),
+            "--host", "127.0.0.1", *extra]
+
+
+def vllm_command(model: str, port: int, extra: list[str]) -> list[str]:
+    return [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
+            "--port", str(port), "--host", "127.0.0.1", "--max-model-len", "2048",
+            "--limit-mm-per-prompt", json.dumps({"audio": 1}),
+            "--hf-overrides", json.dumps({"architectures": [ARCHITECTURE]}), *extra]
+
+
+@contextlib.contextmanager
+def running(command: list[str], ready_path: str, port: int, log: Path,
+            timeout_s: float = 900) -> Iterator[str]:
+    """Run a server until the block ends; yield its base URL once ``ready_path`` is 200."""
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2")}
+    with log.open("w") as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{command[2]} exited with {proc.returncode}; see {log}")
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(url + ready_path, timeout=2).status_code == 200:
+                    break
+            time.sleep(1)
+        else:
+            raise TimeoutError(f"{command[2]} not ready after {timeout_s} s; see {log}")
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
