@@ -1,0 +1,59 @@
+"""CTC forced alignment on posteriors whose right answer is known."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from server.asr.align import FRAME_SECONDS, NotAlignable, viterbi_path, word_timings
+
+
+def posteriors(frames: list[str], vocab: int = 348, sharpness: float = 8.0) -> np.ndarray:
+    """Log-probabilities that favour each frame's label ('' = blank)."""
+    logits = np.zeros((len(frames), vocab))
+    for t, char in enumerate(frames):
+        logits[t, ord(char) if char else 0] = sharpness
+    return logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+
+
+def spoken(*pieces: tuple[str, int]) -> list[str]:
+    """('a', 3) = three frames of 'a'; ('', 5) = five blank frames."""
+    return [char for char, count in pieces for _ in range(count)]
+
+
+def test_words_get_the_frames_of_their_characters():
+    frames = spoken(("", 10), ("o", 3), ("n", 2), ("e", 4), ("", 2), (" ", 3), ("", 5),
+                    ("t", 2), ("w", 2), ("o", 3), ("", 8))
+    timings = word_timings(posteriors(frames), "one two", offset_s=1.0)
+    assert [t.word for t in timings] == ["one", "two"]
+    assert timings[0].start == pytest.approx(1.0 + 10 * FRAME_SECONDS)
+    assert timings[0].end == pytest.approx(1.0 + 19 * FRAME_SECONDS)
+    assert timings[1].start == pytest.approx(1.0 + 29 * FRAME_SECONDS)
+    assert timings[1].end == pytest.approx(1.0 + 36 * FRAME_SECONDS)
+
+
+def test_repeated_letters_need_a_blank_between_them():
+    frames = spoken(("", 2), ("e", 2), ("", 1), ("e", 2), ("", 2))
+    path = viterbi_path(posteriors(frames), [ord("e"), ord("e")])
+    assert list(path) == [-1, -1, 0, 0, -1, 1, 1, -1, -1]
+
+
+def test_alignment_follows_the_text_even_where_the_head_disagrees():
+    """A weak head: the path still visits every character once, in order."""
+    rng = np.random.default_rng(0)
+    log_probs = np.log(rng.dirichlet(np.ones(348), size=60))
+    path = viterbi_path(log_probs, [ord(c) for c in "nine"])
+    emitted = [int(i) for i in path if i >= 0]
+    assert sorted(set(emitted)) == [0, 1, 2, 3]
+    assert emitted == sorted(emitted)
+
+
+def test_unalignable_text_is_reported():
+    with pytest.raises(NotAlignable):
+        word_timings(posteriors(spoken(("", 50))), "日本")
+    with pytest.raises(NotAlignable):
+        word_timings(posteriors(spoken(("", 3))), "seven")
+
+
+def test_empty_text_has_no_words():
+    assert word_timings(posteriors(spoken(("", 5))), "  ") == []
