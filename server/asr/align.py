@@ -24,17 +24,13 @@ class WordTiming:
 
 
 class NotAlignable(ValueError):
-    """The text has characters the CTC head has no label for (e.g. kanji)."""
+    """The audio is too short for the text."""
 
 
-def char_labels(text: str) -> list[int]:
-    labels = []
-    for char in text:
-        code = ord(char)
-        if not 0 < code < 256:
-            raise NotAlignable(f"no CTC label for {char!r}")
-        labels.append(code)
-    return labels
+def char_label(char: str) -> int | None:
+    """The CTC label of a character, None where the head has none (e.g. kanji, '€')."""
+    code = ord(char)
+    return code if 0 < code < 256 else None
 
 
 def viterbi_path(log_probs: np.ndarray, targets: list[int]) -> np.ndarray:
@@ -72,21 +68,28 @@ def viterbi_path(log_probs: np.ndarray, targets: list[int]) -> np.ndarray:
 
 
 def word_timings(log_probs: np.ndarray, text: str, offset_s: float = 0.0) -> list[WordTiming]:
-    """Times of each whitespace-separated word of ``text``, ``offset_s`` added."""
+    """Times of each whitespace-separated word of ``text``, ``offset_s`` added.
+
+    Characters without a CTC label are left out of the alignment; a word made
+    only of such characters gets a zero-length time where the previous one ended.
+    """
     words = text.split()
-    if not words:
-        return []
     joined = " ".join(words)
-    path = viterbi_path(log_probs, char_labels(joined))
-    char_frames: dict[int, list[int]] = {}
+    labelled = [(i, label) for i, char in enumerate(joined)
+                if (label := char_label(char)) is not None]
+    if not labelled:
+        return [WordTiming(word, offset_s, offset_s) for word in words]
+    path = viterbi_path(log_probs, [label for _, label in labelled])
+    frames_of: dict[int, list[int]] = {}
     for frame, index in enumerate(path):
         if index >= 0:
-            char_frames.setdefault(int(index), []).append(frame)
-    timings, cursor = [], 0
+            frames_of.setdefault(labelled[index][0], []).append(frame)
+    timings, cursor, previous_end = [], 0, 0.0
     for word in words:
-        first, last = cursor, cursor + len(word) - 1
-        start = char_frames[first][0] * FRAME_SECONDS
-        end = (char_frames[last][-1] + 1) * FRAME_SECONDS
+        spans = [frames_of[i] for i in range(cursor, cursor + len(word)) if i in frames_of]
+        start = spans[0][0] * FRAME_SECONDS if spans else previous_end
+        end = (spans[-1][-1] + 1) * FRAME_SECONDS if spans else previous_end
         timings.append(WordTiming(word, round(offset_s + start, 3), round(offset_s + end, 3)))
-        cursor = last + 2  # past the word and its space
+        previous_end = end
+        cursor += len(word) + 1  # past the word and its space
     return timings

@@ -8,6 +8,7 @@ All segments of a request go to the engine at once, so the engine batches them.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -17,6 +18,8 @@ from typing import Literal
 import numpy as np
 
 from server.asr import prompt as prompts
+from server.asr.align import NotAlignable, WordTiming, word_timings
+from server.asr.ctc import CtcHead
 from server.asr.engine import SegmentRequest, SegmentResult, SpeechEngine, TokenLogprob
 from server.asr.stitch import UNSPACED_LANGUAGES, join_texts
 from server.audio.features import SAMPLE_RATE, audio_token_count
@@ -40,6 +43,8 @@ class TranscriptionOptions:
     """The client's own speech-detection settings (chunking_strategy=server_vad)."""
     padding_ms: int | None = None
     """The client's prefix_padding_ms (chunking_strategy=server_vad)."""
+    word_timestamps: bool = False
+    """Align the transcript's words to the audio with the encoder's CTC head."""
 
     @property
     def output_language(self) -> str | None:
@@ -86,6 +91,7 @@ class Transcript:
     duration: float
     segments: list[Segment]
     usage: Usage
+    words: list[WordTiming] | None = None
 
     @property
     def logprobs(self) -> list[TokenLogprob]:
@@ -118,10 +124,11 @@ Planner = Callable[[np.ndarray, PlanOptions], list[PlannedSegment]]
 
 class Transcriber:
     def __init__(self, engine: SpeechEngine, settings: Settings,
-                 planner: Planner = plan_segments) -> None:
+                 planner: Planner = plan_segments, ctc: CtcHead | None = None) -> None:
         self.engine = engine
         self.settings = settings
         self.planner = planner
+        self.ctc = ctc
 
     async def warm_up(self) -> None:
         """One short request straight to the engine (noise has no speech to plan)."""
@@ -135,7 +142,7 @@ class Transcriber:
         results = await asyncio.gather(
             *(self._final(request, rid) for request, rid in zip(plan.requests, plan.request_ids))
         )
-        return self._stitch(plan, results, options, len(audio))
+        return await self._finish(plan, results, options, len(audio))
 
     async def stream(
         self, audio: np.ndarray, options: TranscriptionOptions
@@ -162,7 +169,7 @@ class Transcriber:
                         yield delta
                 deltas.end_segment()
                 results.append(result)
-            yield Finished(self._stitch(plan, results, options, len(audio)))
+            yield Finished(await self._finish(plan, results, options, len(audio)))
         finally:
             for task in tasks:
                 task.cancel()
@@ -225,6 +232,24 @@ class Transcriber:
         except Exception as exc:  # noqa: BLE001 - handed to the consumer, which raises it
             queue.put_nowait(exc)
 
+    async def _finish(self, plan: _Plan, results: list[SegmentResult],
+                      options: TranscriptionOptions, num_samples: int) -> Transcript:
+        transcript = self._stitch(plan, results, options, num_samples)
+        if not options.word_timestamps:
+            return transcript
+        return dataclasses.replace(transcript, words=await self._align(plan, transcript))
+
+    async def _align(self, plan: _Plan, transcript: Transcript) -> list[WordTiming]:
+        """Word times from a CTC forced alignment of each segment's text to its audio."""
+        if self.ctc is None:
+            raise RuntimeError("word timestamps need the CTC head (checked by the API)")
+        posteriors = await asyncio.to_thread(self.ctc.log_posteriors,
+                                             [request.audio for request in plan.requests])
+        words = []
+        for planned, segment, log_probs in zip(plan.segments, transcript.segments, posteriors):
+            words += segment_words(log_probs, segment, planned.audio_start / SAMPLE_RATE)
+        return words
+
     def _stitch(self, plan: _Plan, results: list[SegmentResult],
                 options: TranscriptionOptions, num_samples: int) -> Transcript:
         segments = [
@@ -253,6 +278,20 @@ class Transcriber:
             segments=segments,
             usage=usage,
         )
+
+
+def segment_words(log_probs: np.ndarray, segment: Segment, audio_offset_s: float,
+                  ) -> list[WordTiming]:
+    try:
+        return word_timings(log_probs, segment.text, audio_offset_s)
+    except NotAlignable:
+        # More characters than frames: no alignment exists; spread the words evenly
+        # rather than lose them.
+        words = segment.text.split()
+        step = (segment.end - segment.start) / max(1, len(words))
+        return [WordTiming(word, round(segment.start + i * step, 3),
+                           round(segment.start + (i + 1) * step, 3))
+                for i, word in enumerate(words)]
 
 
 class _DeltaTracker:

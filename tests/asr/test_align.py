@@ -48,9 +48,16 @@ def test_alignment_follows_the_text_even_where_the_head_disagrees():
     assert emitted == sorted(emitted)
 
 
-def test_unalignable_text_is_reported():
-    with pytest.raises(NotAlignable):
-        word_timings(posteriors(spoken(("", 50))), "日本")
+def test_characters_without_a_label_borrow_their_neighbours_time():
+    frames = spoken(("", 4), ("a", 3), ("", 3), (" ", 2), ("", 3), ("b", 3), ("", 4))
+    timings = word_timings(posteriors(frames), "a€ 日本 b")
+    assert [t.word for t in timings] == ["a€", "日本", "b"]
+    assert timings[0].start == pytest.approx(4 * FRAME_SECONDS)
+    assert timings[1].start == timings[1].end == timings[0].end
+    assert timings[2].start == pytest.approx(15 * FRAME_SECONDS)
+
+
+def test_text_longer_than_the_audio_is_reported():
     with pytest.raises(NotAlignable):
         word_timings(posteriors(spoken(("", 3))), "seven")
 

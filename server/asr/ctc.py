@@ -1,0 +1,83 @@
+"""The speech encoder and its CTC head, run beside vLLM.
+
+vLLM keeps encoder outputs to itself, so word timing needs a second encoder
+pass: the same checkpoint's ``encoder.*`` weights, loaded once into
+transformers' Granite encoder, on the engine's device. Its CTC head gives
+per-20 ms-frame label posteriors for forced alignment (``server.asr.align``).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from server.audio.features import log_mel_features
+
+ENCODER_PREFIX = "encoder."
+
+
+def checkpoint_files(model: str, revision: str | None = None) -> Path:
+    """The checkpoint directory: as given, or the hub snapshot vLLM already downloaded."""
+    if Path(model).is_dir():
+        return Path(model)
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(model, revision=revision,
+                                  allow_patterns=["config.json", "*.safetensors"]))
+
+
+class CtcHead:
+    def __init__(self, encoder: torch.nn.Module, device: torch.device) -> None:
+        self.encoder = encoder.eval().to(device)
+        self.device = device
+        # One forward at a time: CPU threads are better spent inside one batch.
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, model: str, device: str | None = None) -> CtcHead:
+        from safetensors import safe_open
+        from transformers import GraniteSpeechEncoderConfig
+        from transformers.models.granite_speech.modeling_granite_speech import (
+            GraniteSpeechCTCEncoder,
+        )
+
+        root = checkpoint_files(model)
+        config = json.loads((root / "config.json").read_text())
+        encoder = GraniteSpeechCTCEncoder(GraniteSpeechEncoderConfig(**config["encoder_config"]))
+        state = {}
+        for path in sorted(root.glob("*.safetensors")):
+            with safe_open(path, framework="pt") as weights:
+                for key in weights.keys():
+                    if key.startswith(ENCODER_PREFIX):
+                        state[key[len(ENCODER_PREFIX):]] = weights.get_tensor(key)
+        encoder.load_state_dict(state, strict=False)
+        missing = {name for name, _ in encoder.named_parameters()} - state.keys()
+        if missing:
+            raise ValueError(f"{model}: encoder weights missing from the checkpoint: "
+                             f"{sorted(missing)[:5]}")
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        return cls(encoder, torch.device(device))
+
+    def log_posteriors(self, audios: list[np.ndarray]) -> list[np.ndarray]:
+        """(frames, labels) log-probabilities per clip. CPU/GPU-bound: call from a thread.
+
+        Clips of one length go through as a batch; different lengths run apart,
+        since the conformer has no padding mask and padding would shift results."""
+        features = [log_mel_features(audio) for audio in audios]
+        results: list[np.ndarray | None] = [None] * len(features)
+        by_length: dict[int, list[int]] = {}
+        for i, feats in enumerate(features):
+            by_length.setdefault(feats.shape[0], []).append(i)
+        with self._lock, torch.inference_mode():
+            for indices in by_length.values():
+                batch = torch.stack([features[i] for i in indices]).to(self.device)
+                dtype = next(self.encoder.parameters()).dtype
+                hidden = self.encoder(batch.to(dtype)).last_hidden_state
+                log_probs = torch.log_softmax(self.encoder.out(hidden).float(), dim=-1)
+                for i, row in zip(indices, log_probs.cpu().numpy()):
+                    results[i] = row
+        return results
