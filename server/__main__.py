@@ -1,8 +1,11 @@
-"""CLI: ``granite-speech-server`` / ``python -m server``."""
+"""CLI: ``granite-speech-server`` / ``python -m server``.
+
+Exit codes: 0 after a requested shutdown (SIGTERM/SIGINT); 1 when start-up
+failed or the engine died (the orchestrator should restart the process).
+"""
 
 from __future__ import annotations
 
-import logging
 import sys
 
 import uvicorn
@@ -11,25 +14,33 @@ from pydantic_settings import CliApp
 from server.app import create_app
 from server.asr.engine import ModelUnavailable, check_granite_speech
 from server.config import Settings
+from server.lifecycle import GracefulServer
+from server.logs import configure_logging
 
 
 def main(argv: list[str] | None = None) -> None:
     settings = CliApp.run(Settings, cli_args=sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level, settings.log_format)
     try:
         check_granite_speech(settings.model)
     except ModelUnavailable as exc:
         sys.exit(f"granite-speech-server: {exc}")
+    try:
+        app = create_app(settings)
+    except OSError as exc:
+        sys.exit(f"granite-speech-server: can't read the API key file: {exc}")
 
-    app = create_app(settings)
-    server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port,
-                                           log_level=settings.log_level))
     state = app.state.server
-    state.request_shutdown = lambda: setattr(server, "should_exit", True)
+    server = GracefulServer(
+        uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                       # Logging is configured above; the app writes its own access log.
+                       log_config=None, access_log=False,
+                       timeout_graceful_shutdown=settings.shutdown_grace_seconds),
+        state)
     server.run()
     if state.startup_error is not None:
         sys.exit(f"granite-speech-server: start-up failed: {state.startup_error}")
+    sys.exit(state.exit_code)
 
 
 if __name__ == "__main__":

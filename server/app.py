@@ -12,8 +12,16 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
+from starlette.types import Scope
 
+from server import lifecycle
 from server.api import audio, health, models
+from server.api.auth import OPEN_PATHS, ApiKeys, AuthMiddleware
+from server.api.context import RequestContextMiddleware
+from server.api.envelope import error_body, error_response
+from server.api.gate import GateMiddleware
+from server.api.upload_limit import UploadLimitMiddleware
 from server.asr.engine import SpeechEngine
 from server.config import Settings
 from server.errors import ServerError
@@ -24,16 +32,22 @@ log = logging.getLogger(__name__)
 
 def create_app(settings: Settings, engine: SpeechEngine | None = None) -> FastAPI:
     """Build the app. Without an engine, the app starts (and owns) one in the background,
-    answering /health meanwhile and /ready only after a warm-up request succeeded."""
+    answering /health meanwhile and /ready only after a warm-up request succeeded.
+    Reads the API key file, if any (OSError when it can't)."""
     state = AppState(settings=settings, engine=engine)
+    keys = ApiKeys(settings.load_api_keys())
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        task = asyncio.create_task(_bring_up(state, own_engine=engine is None))
+        log.info("API keys: %s", f"{len(keys)} configured" if keys.enabled else
+                 "none (no authentication)")
+        tasks = [asyncio.create_task(_bring_up(state, own_engine=engine is None)),
+                 asyncio.create_task(lifecycle.watch_engine(state))]
         try:
             yield
         finally:
-            task.cancel()
+            for task in tasks:
+                task.cancel()
             if engine is None and state.engine is not None:
                 state.engine.shutdown()
 
@@ -46,9 +60,27 @@ def create_app(settings: Settings, engine: SpeechEngine | None = None) -> FastAP
     app.state.server = state
     for router in (audio.router, models.router, health.router):
         app.include_router(router)
+    # Outermost last: context (id, deadline, access log, metrics) sees every answer,
+    # including the refusals of auth (401), the gate (503/429) and the upload limit (413).
+    app.add_middleware(UploadLimitMiddleware, max_upload_mb=settings.max_upload_mb)
+    app.add_middleware(GateMiddleware, state=state)
+    app.add_middleware(AuthMiddleware, keys=keys,
+                       open_paths=frozenset() if settings.auth_all_endpoints else OPEN_PATHS)
+    app.add_middleware(RequestContextMiddleware, metrics=state.metrics,
+                       endpoint_of=functools.partial(_route_path, app),
+                       timeout_seconds=settings.request_timeout_seconds)
     _install_error_handlers(app)
     app.openapi = functools.partial(_openapi_without_422, app)
     return app
+
+
+def _route_path(app: FastAPI, scope: Scope) -> str:
+    """The path template of the route a request is for: a bounded metrics label."""
+    for route in app.router.routes:
+        match, _ = route.matches(scope)
+        if match is not Match.NONE:
+            return getattr(route, "path", "other")
+    return "other"
 
 
 def _openapi_without_422(app: FastAPI) -> dict:
@@ -80,19 +112,14 @@ async def _bring_up(state: AppState, *, own_engine: bool) -> None:
     except Exception as exc:  # noqa: BLE001 - any start-up failure stops the server
         log.exception("Start-up failed: %s", exc)
         state.startup_error = exc
+        state.exit_code = 1
         state.request_shutdown()
-
-
-def error_body(status: int, message: str, error_type: str, param: str | None = None,
-               code: str | None = None) -> dict:
-    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
 
 
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServerError)
     async def server_error(request: Request, exc: ServerError) -> JSONResponse:
-        body = error_body(exc.status_code, exc.message, exc.error_type, exc.param, exc.code)
-        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+        return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -101,17 +128,13 @@ def _install_error_handlers(app: FastAPI) -> None:
         loc = [str(part) for part in first.get("loc", ()) if part not in ("body", "query")]
         param = ".".join(loc) or None
         message = f"{param}: {first.get('msg')}" if param else str(first.get("msg", exc))
-        return JSONResponse(error_body(400, message, "invalid_request_error", param,
+        return JSONResponse(error_body(message, "invalid_request_error", param,
                                        "invalid_value"), status_code=400)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         error_type = "invalid_request_error" if exc.status_code < 500 else "server_error"
-        return JSONResponse(error_body(exc.status_code, str(exc.detail), error_type),
+        return JSONResponse(error_body(str(exc.detail), error_type),
                             status_code=exc.status_code, headers=exc.headers)
-
-    @app.exception_handler(Exception)
-    async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("Unhandled error on %s %s", request.method, request.url.path)
-        return JSONResponse(error_body(500, "Internal server error.", "server_error"),
-                            status_code=500)
+    # Unhandled exceptions: RequestContextMiddleware logs them (with the request id)
+    # and answers 500 in the envelope.

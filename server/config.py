@@ -7,10 +7,10 @@ builds a ``Settings`` once and hands it to ``create_app``; tests build their own
 
 from __future__ import annotations
 
-from pathlib import PurePath
+from pathlib import Path, PurePath
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_MODEL = "ibm-granite/granite-4.0-1b-speech"
@@ -34,6 +34,8 @@ class Settings(BaseSettings):
         cli_avoid_json=True,
         cli_hide_none_type=True,
         protected_namespaces=(),
+        # Validation errors would otherwise print the input, API keys included.
+        hide_input_in_errors=True,
     )
 
     # --- Model and HTTP -------------------------------------------------------
@@ -50,6 +52,56 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on.")
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log level of the server and uvicorn."
+    )
+
+    # --- Operations: auth, admission, timeouts, shutdown, logs -----------------
+    api_key: CommaList = Field(
+        default_factory=list,
+        repr=False,
+        description="API key clients must send as `Authorization: Bearer <key>` "
+        "(repeatable; from the environment, comma-separated). No key: no authentication.",
+    )
+    api_key_file: Path | None = Field(
+        None,
+        description="File with more API keys, one per line (blank lines and # comments "
+        "ignored). Read once at start-up.",
+    )
+    auth_all_endpoints: bool = Field(
+        False,
+        description="Require the API key on /health, /ready, /metrics, /docs and "
+        "/openapi.json too (by default they stay open for probes, scrapers and browsers).",
+    )
+    max_concurrent_requests: int = Field(
+        64, ge=0, description="Audio requests served at once; more get an immediate 429 "
+        "with Retry-After. 0: no limit."
+    )
+    max_inflight_audio_seconds: float = Field(
+        14400.0,
+        ge=0,
+        description="Seconds of audio in flight across admitted requests; an upload that "
+        "would exceed it gets a 429 with Retry-After. At least --max-audio-seconds. 0: no limit.",
+    )
+    request_timeout_seconds: float = Field(
+        600.0,
+        ge=0,
+        description="Longest a request may take from arrival to its last byte; past it the "
+        "engine work is aborted and the answer is 504 (an error event once a stream began). "
+        "0: no limit.",
+    )
+    shutdown_delay_seconds: float = Field(
+        0.0,
+        ge=0,
+        description="On SIGTERM, keep listening this long with /ready at 503 and new audio "
+        "requests refused (503), so load balancers notice, before closing the listener.",
+    )
+    shutdown_grace_seconds: float = Field(
+        25.0,
+        ge=0,
+        description="On SIGTERM, how long in-flight requests may take to finish after the "
+        "listener closed; then they are cancelled and the process exits.",
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="Log line format: text, or one JSON object per line."
     )
 
     # --- vLLM engine ----------------------------------------------------------
@@ -117,12 +169,30 @@ class Settings(BaseSettings):
         "(chunking auto)."
     )
 
-    @field_validator("served_model_name", mode="before")
+    @field_validator("served_model_name", "api_key", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _audio_budget_holds_one_upload(self) -> Settings:
+        if 0 < self.max_inflight_audio_seconds < self.max_audio_seconds:
+            raise ValueError(
+                f"max_inflight_audio_seconds ({self.max_inflight_audio_seconds:g}) is below "
+                f"max_audio_seconds ({self.max_audio_seconds:g}): the longest accepted upload "
+                "would be refused forever. Raise the first or lower the second.")
+        return self
+
+    def load_api_keys(self) -> list[str]:
+        """The keys from --api-key and --api-key-file (read now)."""
+        keys = [key.strip() for key in self.api_key if key.strip()]
+        if self.api_key_file is not None:
+            for line in self.api_key_file.read_text().splitlines():
+                if (line := line.strip()) and not line.startswith("#"):
+                    keys.append(line)
+        return list(dict.fromkeys(keys))
 
     @property
     def model_names(self) -> list[str]:

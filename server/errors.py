@@ -93,3 +93,43 @@ class UploadTooLarge(ServerError):
     error_type = "invalid_request_error"
     param = "file"
     code = "upload_too_large"
+
+
+class Unauthorized(ServerError):
+    """No API key, or not one of the server's (OpenAI's shape for a bad key)."""
+
+    status_code = 401
+    error_type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+class Overloaded(ServerError):
+    """Beyond an admission limit: refused at once (429 + Retry-After) rather than
+    queued. As in OpenAI's 429s, ``type`` names the exhausted budget."""
+
+    status_code = 429
+    code = "overloaded"
+
+
+class TooManyRequests(Overloaded):
+    error_type = "requests"
+
+
+class TooMuchAudioInFlight(Overloaded):
+    error_type = "audio_seconds"
+
+
+class ShuttingDown(ServerError):
+    """The server is draining before it exits; another replica should take the request."""
+
+    status_code = 503
+    error_type = "server_error"
+    code = "shutting_down"
+
+
+class RequestTimeout(ServerError):
+    """The request ran past ``--request-timeout-seconds``; its engine work was aborted."""
+
+    status_code = 504
+    error_type = "server_error"
+    code = "request_timeout"

@@ -1,13 +1,18 @@
-"""What the running app knows about itself, shared by its routes."""
+"""What the running app knows about itself, shared by its routes and middlewares."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from server.admission import Admission
 from server.asr.engine import SpeechEngine
 from server.asr.transcriber import Transcriber
 from server.config import Settings
+from server.metrics import Metrics
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -15,13 +20,51 @@ class AppState:
     settings: Settings
     engine: SpeechEngine | None = None
     ready: bool = False
-    """True once the engine answered a warm-up request."""
+    """True once the engine answered a warm-up request; false again once it died."""
+    draining: bool = False
+    """Shutting down: readiness is false and new audio requests are refused."""
+    engine_failed: bool = False
+    """The engine died; the process is on its way out (see ``server.lifecycle``)."""
     startup_error: BaseException | None = None
-    request_shutdown: Callable[[], None] = field(default=lambda: None)
-    """Asks the HTTP server to stop; the CLI points it at uvicorn."""
+    exit_code: int = 0
+    """What the process exits with once the HTTP server stopped."""
+    request_shutdown: Callable[..., None] = field(default=lambda after_s=0.0: None)
+    """Asks the HTTP server to stop, optionally ``after_s`` seconds from now (the
+    listener stays open meanwhile); the CLI points it at uvicorn."""
+    admission: Admission = field(init=False)
+    metrics: Metrics = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.admission = Admission(self.settings.max_concurrent_requests,
+                                   self.settings.max_inflight_audio_seconds)
+        self.metrics = Metrics(engine_load=self._engine_load,
+                               inflight_requests=lambda: self.admission.requests,
+                               inflight_audio_seconds=lambda: self.admission.audio_seconds)
+
+    @property
+    def engine_alive(self) -> bool:
+        return self.engine is not None and self.engine.alive
+
+    @property
+    def accepting(self) -> bool:
+        """Ready for new requests: warmed up, engine alive, not draining."""
+        return self.ready and not self.draining and self.engine_alive
 
     @property
     def transcriber(self) -> Transcriber | None:
         if self.engine is None:
             return None
         return Transcriber(self.engine, self.settings)
+
+    def fail(self, reason: str, exit_code: int = 1) -> None:
+        """Not ready any more, and never again: stop the server with ``exit_code``,
+        after the shutdown delay (readiness answers 503 meanwhile)."""
+        log.error("%s; shutting down (exit code %d) so the process is restarted.",
+                  reason, exit_code)
+        self.ready = False
+        self.exit_code = exit_code
+        self.request_shutdown(self.settings.shutdown_delay_seconds)
+
+    def _engine_load(self) -> tuple[int, int] | None:
+        engine = self.engine
+        return engine.load() if engine is not None and engine.alive else None

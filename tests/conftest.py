@@ -50,16 +50,18 @@ async def engine(settings: Settings) -> AsyncIterator[SpeechEngine]:
 
 
 @contextlib.asynccontextmanager
-async def live_server(settings: Settings, engine: SpeechEngine) -> AsyncIterator[str]:
+async def live_server(settings: Settings, engine: SpeechEngine,
+                      headers: dict[str, str] | None = None) -> AsyncIterator[str]:
     """A real uvicorn server on a loopback port, in the tests' event loop, so tests
-    can also call the very same engine directly. Yields its base URL once ready."""
+    can also call the very same engine directly. Yields its base URL once ready
+    (asked with ``headers``, e.g. an API key when probes need one)."""
     app = create_app(settings, engine)
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     task = asyncio.create_task(server.serve())
     url = f"http://127.0.0.1:{port}"
     try:
-        await _wait_ready(url, task)
+        await _wait_ready(url, task, headers=headers)
         yield url
     finally:
         server.should_exit = True
@@ -84,8 +86,9 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-async def _wait_ready(url: str, task: asyncio.Task, timeout_s: float = 300) -> None:
-    async with httpx.AsyncClient(base_url=url) as client:
+async def _wait_ready(url: str, task: asyncio.Task, timeout_s: float = 300,
+                      headers: dict[str, str] | None = None) -> None:
+    async with httpx.AsyncClient(base_url=url, headers=headers) as client:
         for _ in range(int(timeout_s * 10)):
             if task.done():
                 task.result()

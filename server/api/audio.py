@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 import numpy as np
@@ -26,13 +28,24 @@ from server.api.audio_form import (
     collect_keywords,
     log_unknown_fields,
 )
+from server.api.context import RequestContext, request_context
+from server.api.deadline import iterate_within, within
 from server.api.deps import StateDep, TranscriberDep
+from server.api.gate import TICKET_KEY
 from server.api.protocol import ErrorResponse, TranscriptionResponse, VerboseTranscriptionResponse
-from server.asr.transcriber import Transcriber, TranscriptionOptions
+from server.asr.transcriber import (
+    Finished,
+    TextDelta,
+    Transcriber,
+    TranscriptEvent,
+    TranscriptionOptions,
+)
 from server.audio.decode import decode_audio
-from server.errors import InvalidRequest, UploadTooLarge
+from server.audio.probe import probe_format
+from server.errors import InvalidRequest, ServerError, TooMuchAudioInFlight, UploadTooLarge
 from server.formats.render import render
 from server.formats.sse import sse_stream
+from server.metrics import Metrics
 from server.state import AppState
 
 router = APIRouter(tags=["audio"])
@@ -50,9 +63,12 @@ RESPONSES = {
     },
     **{status: {"model": ErrorResponse, "description": description} for status, description in {
         400: "Invalid request, unsupported language or undecodable audio",
+        401: "Missing or wrong API key",
         404: "Unknown model",
         413: "Upload too large",
-        503: "Model not ready or engine unavailable",
+        429: "Overloaded: too many requests or too much audio in flight; see Retry-After",
+        503: "Model not ready, engine unavailable, or shutting down",
+        504: "The request ran past the server's timeout",
     }.items()},
 }
 
@@ -97,8 +113,9 @@ async def create_transcription(
     options = TranscriptionOptions(task="transcribe", language=language,
                                    keywords=collect_keywords(prompt, keywords),
                                    temperature=temperature, vad=vad, padding_ms=padding_ms)
-    return await respond(state, transcriber, file, options, response_format, stream=stream,
-                         include_logprobs=include_logprobs, granularities=granularities)
+    return await respond(request, state, transcriber, file, options, response_format,
+                         stream=stream, include_logprobs=include_logprobs,
+                         granularities=granularities)
 
 
 @router.post("/v1/audio/translations", responses=RESPONSES, response_model=None,
@@ -130,8 +147,9 @@ async def create_translation(
     options = TranscriptionOptions(task="translate", language=language, to_language=to_language,
                                    keywords=collect_keywords(prompt, keywords),
                                    temperature=temperature, vad=vad, padding_ms=padding_ms)
-    return await respond(state, transcriber, file, options, response_format, stream=stream,
-                         include_logprobs=False, granularities=frozenset({"segment"}))
+    return await respond(request, state, transcriber, file, options, response_format,
+                         stream=stream, include_logprobs=False,
+                         granularities=frozenset({"segment"}))
 
 
 def check_granularities(values: list[str] | None, response_format: str) -> frozenset[str]:
@@ -159,27 +177,77 @@ def check_include(values: list[str] | None, response_format: str) -> bool:
     return True
 
 
-async def respond(state: AppState, transcriber: Transcriber, file: UploadFile,
+async def respond(request: Request, state: AppState, transcriber: Transcriber, file: UploadFile,
                   options: TranscriptionOptions, response_format: str, *, stream: bool,
                   include_logprobs: bool, granularities: frozenset[str]) -> Response:
-    audio = await decode_upload(state, file)
+    context = request_context(request)
+    context.response_format = "sse" if stream else response_format
+    received = asyncio.get_running_loop().time()  # the upload is in: processing starts
+    audio = await within(context.deadline, decode_upload(state, file, context))
+    admit_audio(request, state.metrics, context.audio_seconds)
     if stream:
         events = transcriber.stream(audio, options)
+        events = observed(iterate_within(context.deadline, events), state.metrics,
+                          context.endpoint, received)
         return StreamingResponse(sse_stream(events, include_logprobs=include_logprobs),
                                  media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})
-    transcript = await transcriber.transcribe(audio, options)
+    transcript = await within(context.deadline, transcriber.transcribe(audio, options))
+    state.metrics.observe_transcript(context.endpoint, transcript.duration,
+                                     len(transcript.segments),
+                                     asyncio.get_running_loop().time() - received)
     return render(transcript, response_format, include_logprobs=include_logprobs,
                   timestamp_granularities=granularities)
 
 
-async def decode_upload(state: AppState, file: UploadFile) -> np.ndarray:
+async def decode_upload(state: AppState, file: UploadFile, context: RequestContext) -> np.ndarray:
     settings = state.settings
     data = await file.read(settings.max_upload_bytes + 1)
+    await file.close()  # its spooled copy isn't needed once the bytes are in memory
+    # UploadLimitMiddleware already bounded the whole body; this bounds the file itself.
     if len(data) > settings.max_upload_bytes:
         raise UploadTooLarge(f"The upload exceeds the limit of {settings.max_upload_mb:g} MB.")
-    decoded = await run_in_threadpool(
-        decode_audio, data,
-        max_duration_s=settings.max_audio_seconds, min_duration_s=settings.min_audio_seconds,
-    )
+    try:
+        decoded = await run_in_threadpool(
+            decode_audio, data,
+            max_duration_s=settings.max_audio_seconds, min_duration_s=settings.min_audio_seconds,
+        )
+    except ServerError as exc:
+        container, codec = await run_in_threadpool(probe_format, data)
+        state.metrics.decode_failures.labels(container, codec, exc.code or "unknown").inc()
+        raise
+    context.audio_seconds = decoded.duration_s
+    state.metrics.audio_received.labels(context.endpoint).inc(decoded.duration_s)
     return decoded.samples
+
+
+def admit_audio(request: Request, metrics: Metrics, seconds: float) -> None:
+    """The second admission step, now that the audio's duration is known."""
+    ticket = request.scope.get(TICKET_KEY)
+    if ticket is None:
+        return
+    try:
+        ticket.add_audio(seconds)
+    except TooMuchAudioInFlight:
+        metrics.rejections.labels("audio_seconds").inc()
+        raise
+
+
+async def observed(events: AsyncIterator[TranscriptEvent], metrics: Metrics, endpoint: str,
+                   received: float) -> AsyncIterator[TranscriptEvent]:
+    """The events, unchanged; records the time to the first delta and the finished
+    transcript's metrics as they pass."""
+    loop = asyncio.get_running_loop()
+    first_delta = True
+    try:
+        async for event in events:
+            if first_delta and isinstance(event, TextDelta):
+                first_delta = False
+                metrics.time_to_first_delta.labels(endpoint).observe(loop.time() - received)
+            elif isinstance(event, Finished):
+                transcript = event.transcript
+                metrics.observe_transcript(endpoint, transcript.duration,
+                                           len(transcript.segments), loop.time() - received)
+            yield event
+    finally:
+        await events.aclose()

@@ -1,13 +1,13 @@
-"""Liveness and readiness, for load balancers and Kubernetes probes."""
+"""Liveness, readiness and metrics: what probes and scrapers call."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from server.api.deps import StateDep
 
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["operations"])
 
 
 @router.get("/health", summary="Liveness: the process is up and serving HTTP")
@@ -15,10 +15,23 @@ async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/ready", summary="Readiness: the engine answered its warm-up and is alive")
+@router.get("/ready", summary="Readiness: warmed up, engine alive, not shutting down",
+            responses={503: {"description": "`starting`, `draining` or `engine_dead`"}})
 async def ready(state: StateDep) -> JSONResponse:
-    engine_alive = state.engine is not None and state.engine.alive
-    if state.ready and engine_alive:
+    if state.accepting:
         return JSONResponse({"status": "ready"})
-    return JSONResponse({"status": "starting" if not state.ready else "engine_dead"},
-                        status_code=503)
+    if state.draining:
+        status = "draining"
+    elif state.engine_failed or (state.ready and not state.engine_alive):
+        status = "engine_dead"
+    else:
+        status = "starting"
+    return JSONResponse({"status": status}, status_code=503)
+
+
+@router.get("/metrics", summary="Prometheus metrics (text exposition format)",
+            response_class=Response,
+            responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}})
+async def metrics(state: StateDep) -> Response:
+    body, content_type = state.metrics.render()
+    return Response(body, media_type=content_type)

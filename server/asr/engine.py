@@ -87,6 +87,39 @@ def check_granite_speech(model: str, revision: str | None = None) -> dict:
     return config
 
 
+@dataclass
+class SchedulerLoad:
+    """The engine scheduler's queue after its latest step."""
+
+    running: int = 0
+    waiting: int = 0
+
+
+def _load_recorder(load: SchedulerLoad):
+    """A vLLM stat logger that only keeps the scheduler's queue lengths.
+
+    vLLM reports them after every engine step when stats are on; passing a custom
+    logger turns them on without vLLM's periodic throughput log lines.
+    """
+    from vllm.v1.metrics.loggers import StatLoggerBase
+
+    class LoadRecorder(StatLoggerBase):
+        def __init__(self, vllm_config, engine_index: int = 0) -> None:
+            pass
+
+        def record(self, scheduler_stats, iteration_stats, mm_cache_stats=None,
+                   engine_idx: int = 0) -> None:
+            if scheduler_stats is not None:
+                load.running = scheduler_stats.num_running_reqs
+                load.waiting = (scheduler_stats.num_waiting_reqs
+                                + scheduler_stats.num_skipped_waiting_reqs)
+
+        def log_engine_initialized(self) -> None:
+            pass
+
+    return LoadRecorder
+
+
 def engine_args(settings: Settings):
     from vllm.engine.arg_utils import AsyncEngineArgs
 
@@ -109,9 +142,10 @@ def engine_args(settings: Settings):
 class SpeechEngine:
     """An AsyncLLM running a Granite speech checkpoint."""
 
-    def __init__(self, llm, tokenizer) -> None:
+    def __init__(self, llm, tokenizer, scheduler_load: SchedulerLoad | None = None) -> None:
         self._llm = llm
         self.tokenizer = tokenizer
+        self._scheduler_load = scheduler_load
 
     @classmethod
     def start(cls, settings: Settings) -> SpeechEngine:
@@ -120,8 +154,14 @@ class SpeechEngine:
         _configure_cpu_backend(settings)
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        llm = AsyncLLM.from_engine_args(engine_args(settings))
-        return cls(llm, llm.get_tokenizer())
+        load = SchedulerLoad()
+        llm = AsyncLLM.from_engine_args(engine_args(settings), stat_loggers=[_load_recorder(load)])
+        engine = cls(llm, llm.get_tokenizer(), load)
+        # This frame outlives start-up (with stat loggers on, gc.get_referrers showed it
+        # as the AsyncLLM's last referrer after shutdown()): a local here would keep the
+        # AsyncLLM alive until interpreter exit, where its __del__ fails noisily.
+        del llm
+        return engine
 
     @property
     def alive(self) -> bool:
@@ -130,6 +170,15 @@ class SpeechEngine:
     @property
     def unfinished_requests(self) -> int:
         return self._llm.get_num_unfinished_requests()
+
+    def load(self) -> tuple[int, int]:
+        """(running, waiting) segment requests in the scheduler. Requests aborted
+        while queued leave no step behind to report it: with nothing unfinished
+        in this process, the queue is empty whatever the last step said."""
+        load = self._scheduler_load
+        if load is None or self.unfinished_requests == 0:
+            return 0, 0
+        return load.running, load.waiting
 
     async def generate(
         self, request: SegmentRequest, request_id: str | None = None

@@ -1,0 +1,60 @@
+"""The gate in front of the audio endpoints: refuses work the server can't take now
+(draining, not ready, at its concurrency bound) before the body is read, and
+releases the request's admission when its response is over, however it ended:
+completed, failed, timed out, or abandoned by a client mid-stream."""
+
+from __future__ import annotations
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from server.admission import RETRY_AFTER_S, Ticket
+from server.api.envelope import error_response
+from server.errors import EngineError, NotReady, ServerError, ShuttingDown, TooManyRequests
+from server.state import AppState
+
+GUARDED_PREFIX = "/v1/audio/"
+TICKET_KEY = "granite_speech.admission"
+"""Scope key of the request's admission ``Ticket``."""
+
+
+class GateMiddleware:
+    """Guards POST /v1/audio/*; other routes pass straight through."""
+
+    def __init__(self, app: ASGIApp, *, state: AppState) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith(GUARDED_PREFIX) \
+                or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        try:
+            ticket = self._admit()
+        except ServerError as exc:
+            await error_response(exc)(scope, receive, send)
+            return
+        scope[TICKET_KEY] = ticket
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            ticket.release()
+
+    def _admit(self) -> Ticket:
+        state, rejections = self.state, self.state.metrics.rejections
+        if state.draining:
+            rejections.labels("shutting_down").inc()
+            raise ShuttingDown("The server is shutting down; retry on another replica.",
+                               headers={"Retry-After": RETRY_AFTER_S})
+        if state.engine_failed:
+            rejections.labels("not_ready").inc()
+            raise EngineError("The inference engine is down; the server is restarting.")
+        if not state.accepting:
+            rejections.labels("not_ready").inc()
+            raise NotReady("The model is not ready to serve requests yet; retry shortly.",
+                           headers={"Retry-After": "5"})
+        try:
+            return state.admission.admit()
+        except TooManyRequests:
+            rejections.labels("requests").inc()
+            raise

@@ -1,0 +1,88 @@
+"""Bounds on the request body, enforced while it streams in.
+
+A declared ``Content-Length`` over the limit is refused before a byte of the body
+is read. Otherwise the bytes are counted as the app receives them; the moment
+the count crosses the limit (or the request's deadline passes while the body is
+still arriving) the middleware answers 413 (or 504) itself and tells the app the
+client is gone, so the multipart parser stops and closes its spooled files; what
+the client still sends is never read (uvicorn stops reading from the socket and
+closes it after the response).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from server.api.context import CONTEXT_KEY, RequestContext
+from server.api.envelope import error_response
+from server.errors import ServerError, UploadTooLarge
+
+FORM_OVERHEAD_BYTES = 64 * 1024
+"""Room for the multipart framing and the text fields beside a file of the full size."""
+
+_DISCONNECT: Message = {"type": "http.disconnect"}
+
+
+class UploadLimitMiddleware:
+    def __init__(self, app: ASGIApp, *, max_upload_mb: float) -> None:
+        self.app = app
+        self.max_upload_mb = max_upload_mb
+        self.max_body_bytes = int(max_upload_mb * 1_000_000) + FORM_OVERHEAD_BYTES
+
+    def _too_large(self) -> UploadTooLarge:
+        return UploadTooLarge(f"The upload exceeds the limit of {self.max_upload_mb:g} MB.")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = Headers(scope=scope).get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_body_bytes:
+            await error_response(self._too_large())(scope, receive, send)
+            return
+        context: RequestContext | None = scope.get(CONTEXT_KEY)
+        deadline = context.deadline if context else None
+        received = 0
+        body_done = refused = False
+        response_started = False
+
+        async def refuse(exc: ServerError) -> Message:
+            nonlocal refused
+            refused = True
+            if not response_started:
+                await error_response(exc)(scope, receive, send)
+            return _DISCONNECT
+
+        async def limited_receive() -> Message:
+            nonlocal received, body_done
+            if refused:
+                return _DISCONNECT
+            if body_done or deadline is None:
+                # After the body, receive() only waits for a disconnect (a streaming
+                # response listens for one): the handlers own the deadline then.
+                message = await receive()
+            else:
+                try:
+                    async with asyncio.timeout_at(deadline.at):
+                        message = await receive()
+                except TimeoutError:
+                    return await refuse(deadline.error())
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                body_done = not message.get("more_body", False)
+                if received > self.max_body_bytes:
+                    return await refuse(self._too_large())
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal response_started
+            if refused:
+                return  # the refusal was the response; the app's reply to "disconnect" isn't
+            if message["type"] == "http.response.start":
+                response_started = True
+            await send(message)
+
+        await self.app(scope, limited_receive, guarded_send)

@@ -1,0 +1,118 @@
+"""Every Prometheus metric the server exposes at ``GET /metrics``, defined once.
+
+Each app gets its own ``CollectorRegistry`` (tests build several apps in one
+process; the global registry would refuse the second). Gauges that describe
+live state (in-flight requests and audio, the engine's queue) are read when
+scraped, through callbacks, so they can never drift from the truth.
+
+Timing bases: request latency runs from the first byte of the request to the
+last byte of the response; the real-time factor and the time to first delta
+run from the moment the upload was fully received, so a slow client's upload
+doesn't count as processing time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
+
+PREFIX = "granite_speech"
+NO_FORMAT = "none"
+"""``response_format`` label of requests that have none (probes, models, early rejections)."""
+
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
+FIRST_DELTA_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+RTF_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10)
+SEGMENT_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128, 256)
+
+EngineLoad = Callable[[], "tuple[int, int] | None"]
+"""Returns (running, waiting) engine requests, or None while there is no engine."""
+
+
+class Metrics:
+    def __init__(
+        self,
+        *,
+        engine_load: EngineLoad,
+        inflight_requests: Callable[[], float],
+        inflight_audio_seconds: Callable[[], float],
+    ) -> None:
+        self.registry = registry = CollectorRegistry()
+        request_labels = ["endpoint", "method", "status", "response_format"]
+        self.requests = Counter(
+            f"{PREFIX}_requests", "HTTP requests answered, by endpoint (route path), method, "
+            "status and response_format (sse for streams, none when not applicable). "
+            "Status 499: the client went away mid-response.",
+            request_labels, registry=registry)
+        self.request_duration = Histogram(
+            f"{PREFIX}_request_duration_seconds", "Time from the request's first byte to the "
+            "response's last byte.", request_labels, buckets=LATENCY_BUCKETS, registry=registry)
+        self.audio_received = Counter(
+            f"{PREFIX}_audio_received_seconds", "Duration of the audio decoded from uploads.",
+            ["endpoint"], registry=registry)
+        self.audio_transcribed = Counter(
+            f"{PREFIX}_audio_transcribed_seconds", "Duration of the audio whose transcript "
+            "(or translation) was completed.", ["endpoint"], registry=registry)
+        self.real_time_factor = Histogram(
+            f"{PREFIX}_real_time_factor", "Processing time (upload received to final text) "
+            "over audio duration; below 1 is faster than real time.", ["endpoint"],
+            buckets=RTF_BUCKETS, registry=registry)
+        self.segments = Histogram(
+            f"{PREFIX}_segments_per_request", "Audio segments the model transcribed per "
+            "completed request.", ["endpoint"], buckets=SEGMENT_BUCKETS, registry=registry)
+        self.time_to_first_delta = Histogram(
+            f"{PREFIX}_time_to_first_delta_seconds", "Streaming: time from the upload being "
+            "received to the first text delta.", ["endpoint"], buckets=FIRST_DELTA_BUCKETS,
+            registry=registry)
+        self.decode_failures = Counter(
+            f"{PREFIX}_decode_failures", "Uploads refused by the decoder, by container and "
+            "codec (FFmpeg's names; unknown when FFmpeg can't open the file) and reason "
+            "(the error code).", ["container", "codec", "reason"], registry=registry)
+        self.rejections = Counter(
+            f"{PREFIX}_admission_rejections", "Requests refused before any work: limit is "
+            "requests or audio_seconds (429), shutting_down or not_ready (503).", ["limit"],
+            registry=registry)
+        Gauge(f"{PREFIX}_inflight_requests", "Audio requests admitted and not finished.",
+              registry=registry).set_function(inflight_requests)
+        Gauge(f"{PREFIX}_inflight_audio_seconds", "Duration of the audio of the admitted "
+              "requests not finished yet.", registry=registry).set_function(inflight_audio_seconds)
+        registry.register(_EngineLoadCollector(engine_load))
+
+    def observe_request(self, endpoint: str, method: str, status: int,
+                        response_format: str | None, seconds: float) -> None:
+        labels = (endpoint, method, str(status), response_format or NO_FORMAT)
+        self.requests.labels(*labels).inc()
+        self.request_duration.labels(*labels).observe(seconds)
+
+    def observe_transcript(self, endpoint: str, audio_seconds: float, segments: int,
+                           processing_seconds: float) -> None:
+        self.audio_transcribed.labels(endpoint).inc(audio_seconds)
+        self.segments.labels(endpoint).observe(segments)
+        if audio_seconds > 0:
+            self.real_time_factor.labels(endpoint).observe(processing_seconds / audio_seconds)
+
+    def render(self) -> tuple[bytes, str]:
+        """The exposition text and its content type."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class _EngineLoadCollector(Collector):
+    """``granite_speech_engine_requests{state=running|waiting}``, read at scrape time."""
+
+    def __init__(self, engine_load: EngineLoad) -> None:
+        self._engine_load = engine_load
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            f"{PREFIX}_engine_requests", "Segment requests in the engine's scheduler (its "
+            "latest step): running, or waiting for a slot.", labels=["state"])
+        load = self._engine_load()
+        if load is not None:
+            running, waiting = load
+            family.add_metric(["running"], running)
+            family.add_metric(["waiting"], waiting)
+        yield family
