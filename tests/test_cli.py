@@ -14,7 +14,10 @@ from server.config import DEFAULT_MODEL, Settings
 
 OPTIONS = ["--model", "--served-model-name", "--host", "--port", "--max-model-len", "--dtype",
            "--gpu-memory-utilization", "--max-num-seqs", "--tensor-parallel-size",
-           "--max-upload-mb", "--max-audio-seconds"]
+           "--max-upload-mb", "--max-audio-seconds", "--api-key", "--api-key-file",
+           "--auth-all-endpoints", "--max-concurrent-requests", "--max-inflight-audio-seconds",
+           "--request-timeout-seconds", "--shutdown-delay-seconds", "--shutdown-grace-seconds",
+           "--log-format"]
 
 
 def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -73,3 +76,19 @@ def test_a_missing_model_says_how_to_point_at_a_local_directory(model):
     assert result.returncode == 1
     assert "local checkpoint directory" in result.stderr
     assert result.stderr.strip().count("\n") == 0, "one clear line"
+
+
+def test_an_unreadable_api_key_file_fails_fast(model_dir: Path, tmp_path: Path):
+    result = run_cli("--model", str(model_dir), "--api-key-file", str(tmp_path / "missing"),
+                     timeout=90)
+    assert result.returncode == 1
+    assert "API key file" in result.stderr
+    assert result.stderr.strip().count("\n") == 0, "one clear line"
+
+
+def test_bad_limits_are_refused_without_echoing_keys():
+    result = run_cli("--api-key", "sk-secret-123", "--max-audio-seconds", "600",
+                     "--max-inflight-audio-seconds", "60")
+    assert result.returncode != 0
+    assert "max_inflight_audio_seconds" in result.stderr
+    assert "sk-secret-123" not in result.stderr

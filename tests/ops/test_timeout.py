@@ -1,0 +1,72 @@
+"""--request-timeout-seconds: past it the engine work is aborted, and the client gets
+a 504 in OpenAI's envelope, or, once a stream began, a final error event."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import httpx
+import pytest
+
+from tests.conftest import live_server
+from tests.ops.conftest import MODEL, assert_envelope, long_speech_wav, metrics, value
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+AUDIO = "/v1/audio/transcriptions"
+TIMEOUT_S = 1.0
+
+
+@pytest.fixture(scope="module")
+def long_upload(speech) -> bytes:
+    """300 s of speech in 2 s segments: several seconds of engine work on this machine."""
+    return long_speech_wav(speech, 300)
+
+
+async def engine_drained(engine, within_s: float) -> bool:
+    """Far sooner than the aborted work would have taken to finish by itself."""
+    for _ in range(int(within_s / 0.05)):
+        if engine.unfinished_requests == 0:
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+async def test_a_request_past_its_timeout_gets_504_and_its_engine_work_stops(
+        settings, engine, long_upload):
+    strict = settings.model_copy(update={"max_segment_seconds": 2.0,
+                                         "request_timeout_seconds": TIMEOUT_S})
+    async with live_server(strict, engine) as url, \
+            httpx.AsyncClient(base_url=url, timeout=120) as client:
+        started = time.monotonic()
+        response = await client.post(AUDIO, files={"file": ("long.wav", long_upload)},
+                                     data={"model": MODEL})
+        elapsed = time.monotonic() - started
+        assert_envelope(response, 504, "request_timeout", "server_error")
+        assert TIMEOUT_S <= elapsed < TIMEOUT_S + 5
+        assert await engine_drained(engine, within_s=1.0)
+        samples = await metrics(client)
+    assert value(samples, "granite_speech_requests_total", endpoint=AUDIO, method="POST",
+                 status="504", response_format="json") == 1
+    assert value(samples, "granite_speech_audio_transcribed_seconds_total", endpoint=AUDIO) == 0
+    assert value(samples, "granite_speech_inflight_requests") == 0
+
+
+async def test_a_stream_past_its_timeout_ends_with_an_error_event(settings, engine,
+                                                                 long_upload):
+    strict = settings.model_copy(update={"max_segment_seconds": 2.0,
+                                         "request_timeout_seconds": TIMEOUT_S})
+    async with live_server(strict, engine) as url, \
+            httpx.AsyncClient(base_url=url, timeout=120) as client:
+        response = await client.post(AUDIO, files={"file": ("long.wav", long_upload)},
+                                     data={"model": MODEL, "stream": "true"})
+        assert response.status_code == 200
+        events = [json.loads(line.removeprefix("data: "))
+                  for line in response.text.splitlines() if line]
+        assert await engine_drained(engine, within_s=1.0)
+    assert all(event["type"] == "transcript.text.delta" for event in events[:-1])
+    assert events[-1]["type"] == "error"
+    assert events[-1]["error"]["code"] == "request_timeout"
+    assert events[-1]["error"]["type"] == "server_error"
