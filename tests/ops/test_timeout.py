@@ -70,3 +70,20 @@ async def test_a_stream_past_its_timeout_ends_with_an_error_event(settings, engi
     assert events[-1]["type"] == "error"
     assert events[-1]["error"]["code"] == "request_timeout"
     assert events[-1]["error"]["type"] == "server_error"
+
+
+async def test_an_upload_still_arriving_at_the_deadline_gets_504(settings, engine):
+    """A client that stalls mid-upload doesn't hold its admission past the timeout."""
+    strict = settings.model_copy(update={"request_timeout_seconds": TIMEOUT_S})
+    async with live_server(strict, engine) as url:
+        host, port = url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write((f"POST {AUDIO} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 1000000\r\n"
+                      "Content-Type: multipart/form-data; boundary=b\r\n\r\n--b\r\n").encode())
+        await writer.drain()
+        started = time.monotonic()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        elapsed = time.monotonic() - started
+        writer.close()
+    assert head.startswith(b"HTTP/1.1 504")
+    assert TIMEOUT_S - 0.2 <= elapsed < TIMEOUT_S + 3

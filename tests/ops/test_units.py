@@ -267,3 +267,32 @@ def test_every_app_has_its_own_registry():
     assert 'endpoint="/x"' not in text
     assert 'endpoint="/x"' in first.render()[0].decode()
     assert "granite_speech_engine_requests{" not in first.render()[0].decode()
+
+
+# --- request context middleware ------------------------------------------------------
+
+
+@asyncio_test
+async def test_an_unhandled_error_is_a_500_envelope_with_the_request_id(caplog):
+    """In the real middleware stack (no lifespan, no engine: just a route that fails)."""
+    import httpx
+
+    from server.app import create_app
+
+    async def broken():
+        raise RuntimeError("bug")
+
+    app = create_app(Settings(model="m"))
+    app.add_api_route("/broken", broken)
+    caplog.set_level(logging.INFO)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://test") as client:
+        response = await client.get("/broken", headers={"X-Request-ID": "r-500"})
+        scraped = (await client.get("/metrics")).text
+    assert response.status_code == 500
+    assert response.headers["x-request-id"] == "r-500"
+    assert response.json() == {"error": {"message": "Internal server error.",
+                                         "type": "server_error", "param": None, "code": None}}
+    error = next(record for record in caplog.records if record.levelno == logging.ERROR)
+    assert "RuntimeError: bug" in logging.Formatter().formatException(error.exc_info)
+    assert 'endpoint="/broken",method="GET",response_format="none",status="500"' in scraped
