@@ -247,8 +247,9 @@ def main(argv: list[str] | None = None) -> int:
             ("vllm", vllm_command, "/health", args.model),
         ]:
             log = args.out / f"{server}.log"
-            with running(command(args.model, args.port, []), ready, args.port, log) as url:
-                results += asyncio.run(bench(url, model, server, work, levels, args.duration))
+            with running(command(args.model, args.port, []), ready, args.port, log) as proc:
+                results += asyncio.run(bench(proc.url, model, server, work, levels,
+                                             args.duration))
     else:
         if not args.url:
             parser.error("--url is required without --compare-vllm")

@@ -89,10 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     for name, command, ready in [("granite-speech-server", our_command, "/ready"),
                                  ("vllm", vllm_command, "/health")]:
         log = args.out.with_name(f"{name}.log")
-        with running(command(args.model, args.port, []), ready, args.port, log) as url:
+        with running(command(args.model, args.port, []), ready, args.port, log) as proc:
             model = args.model if name == "vllm" else served_name
-            plain(url, model, wav_bytes(samples[: 5 * SAMPLE_RATE]))  # warm
-            runs += measure(name, url, model, audio, reference)
+            plain(proc.url, model, wav_bytes(samples[: 5 * SAMPLE_RATE]))  # warm
+            runs += measure(name, proc.url, model, audio, reference)
 
     report = {"audio_seconds": samples.size / SAMPLE_RATE, "model": args.model,
               "runs": [asdict(run) for run in runs]}

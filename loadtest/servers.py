@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -35,10 +36,16 @@ def vllm_command(model: str, port: int, extra: list[str]) -> list[str]:
             "--hf-overrides", json.dumps({"architectures": [ARCHITECTURE]}), *extra]
 
 
+@dataclass(frozen=True)
+class RunningServer:
+    url: str
+    pid: int
+
+
 @contextlib.contextmanager
 def running(command: list[str], ready_path: str, port: int, log: Path,
-            timeout_s: float = 900) -> Iterator[str]:
-    """Run a server until the block ends; yield its base URL once ``ready_path`` is 200."""
+            timeout_s: float = 900) -> Iterator[RunningServer]:
+    """Run a server until the block ends; yield it once ``ready_path`` answers 200."""
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2")}
     with log.open("w") as out:
         proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env,
@@ -55,7 +62,7 @@ def running(command: list[str], ready_path: str, port: int, log: Path,
             time.sleep(1)
         else:
             raise TimeoutError(f"{command[2]} not ready after {timeout_s} s; see {log}")
-        yield url
+        yield RunningServer(url, proc.pid)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
