@@ -81,17 +81,26 @@ class RequestContextMiddleware:
         scope[CONTEXT_KEY] = context
         token = request_id_var.set(request_id)
         status: int | None = None
-        completed = False
+        recorded = False
+
+        def record(final_status: int) -> None:
+            nonlocal recorded
+            if not recorded:
+                recorded = True
+                self._record(scope, context, final_status,
+                             asyncio.get_running_loop().time() - started)
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status, completed
+            nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
                 message = {**message, "headers": [*message.get("headers", []),
                                                   (b"x-request-id", request_id.encode())]}
-            elif message["type"] == "http.response.body" and not message.get("more_body"):
-                completed = True
             await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                # Recorded as the last byte goes out, before the app's clean-up (closing
+                # the upload's files): a client that asks /metrics next sees its request.
+                record(status)
 
         try:
             await self.app(scope, receive, send_with_id)
@@ -101,9 +110,9 @@ class RequestContextMiddleware:
                 await error_response(ServerError("Internal server error."))(
                     scope, receive, send_with_id)
         finally:
-            if status is None or not completed:
-                status = CLIENT_CLOSED if status is not None else 500
-            self._record(scope, context, status, asyncio.get_running_loop().time() - started)
+            # Not recorded yet: the response never ended (the client went away mid-way),
+            # or never began (the task was cancelled).
+            record(CLIENT_CLOSED if status is not None else 500)
             request_id_var.reset(token)
 
     def _record(self, scope: Scope, context: RequestContext, status: int, elapsed: float) -> None:

@@ -5,7 +5,7 @@ completed, failed, timed out, or abandoned by a client mid-stream."""
 
 from __future__ import annotations
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.admission import RETRY_AFTER_S, Ticket
 from server.api.envelope import error_response
@@ -35,10 +35,18 @@ class GateMiddleware:
             await error_response(exc)(scope, receive, send)
             return
         scope[TICKET_KEY] = ticket
+
+        async def send_and_release(message: Message) -> None:
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                # The work is over once the last byte is out; a client that sends its next
+                # request at once must find the slot free, not wait for the app's clean-up.
+                ticket.release()
+
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, send_and_release)
         finally:
-            ticket.release()
+            ticket.release()  # idempotent: covers responses that never ended
 
     def _admit(self) -> Ticket:
         state, rejections = self.state, self.state.metrics.rejections

@@ -53,6 +53,15 @@ async def test_a_flood_gets_429s_and_every_accepted_request_completes(settings, 
     assert value(samples, "granite_speech_inflight_requests") == 0
 
 
+async def test_a_client_that_sends_its_next_request_at_once_finds_the_slot_free(
+        settings, engine, speech_wav):
+    single = settings.model_copy(update={"max_concurrent_requests": 1})
+    async with live_server(single, engine) as url, \
+            httpx.AsyncClient(base_url=url, timeout=300) as client:
+        for stream in ("false", "true", "false", "true", "false"):
+            assert (await post(client, speech_wav, stream=stream)).status_code == 200
+
+
 async def test_the_concurrency_bound_answers_before_the_body_is_read(settings, engine,
                                                                      speech, speech_wav):
     limited = settings.model_copy(update={"max_concurrent_requests": 1,
