@@ -85,13 +85,20 @@ def _route_path(app: FastAPI, scope: Scope) -> str:
 
 def _openapi_without_422(app: FastAPI) -> dict:
     """FastAPI documents a 422 on every route; this server answers validation
-    errors with OpenAI's 400 instead, so the 422s would be false documentation."""
+    errors with OpenAI's 400 instead, so the 422s would be false documentation.
+    The middlewares' answers are documented here, where the routes can't see them."""
     if app.openapi_schema is None:
         schema = get_openapi(title=app.title, version=app.version, summary=app.summary,
                              routes=app.routes)
-        for path in schema["paths"].values():
+        error = {"content": {"application/json": {
+            "schema": {"$ref": "#/components/schemas/ErrorResponse"}}}}
+        for route, path in schema["paths"].items():
             for operation in path.values():
-                operation.get("responses", {}).pop("422", None)
+                responses = operation.setdefault("responses", {})
+                responses.pop("422", None)
+                if route not in OPEN_PATHS:
+                    responses.setdefault("401", {
+                        **error, "description": "Missing or wrong API key (when keys are set)"})
         for name in ("HTTPValidationError", "ValidationError"):
             schema.get("components", {}).get("schemas", {}).pop(name, None)
         app.openapi_schema = schema
