@@ -22,6 +22,7 @@ from server.api.context import RequestContextMiddleware
 from server.api.envelope import error_body, error_response
 from server.api.gate import GateMiddleware
 from server.api.upload_limit import UploadLimitMiddleware
+from server.asr.ctc import CtcHead
 from server.asr.engine import SpeechEngine
 from server.config import Settings
 from server.errors import ServerError
@@ -109,6 +110,8 @@ async def _bring_up(state: AppState, *, own_engine: bool) -> None:
     try:
         if own_engine:
             state.engine = await asyncio.to_thread(SpeechEngine.start, state.settings)
+        if state.settings.word_timestamps and state.ctc is None:
+            state.ctc = await asyncio.to_thread(CtcHead.load, state.settings.model)
         # Readiness means the engine really answered, and the first client
         # doesn't pay for the first request.
         await state.transcriber.warm_up()

@@ -128,6 +128,12 @@ class Settings(BaseSettings):
         False, description="Disable CUDA graphs / compilation (faster start-up, slower decode)."
     )
 
+    word_timestamps: bool = Field(
+        True,
+        description="Load the checkpoint's encoder and CTC head beside vLLM for word "
+        "timestamps (timestamp_granularities[]=word) and word-timed subtitles.",
+    )
+
     # --- Audio and limits -----------------------------------------------------
     max_upload_mb: float = Field(100.0, gt=0, description="Largest accepted upload, in MB.")
     min_audio_seconds: float = Field(

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from server.admission import Admission
+from server.asr.ctc import CtcHead
 from server.asr.engine import SpeechEngine
 from server.asr.transcriber import Transcriber
 from server.config import Settings
@@ -19,6 +20,8 @@ log = logging.getLogger(__name__)
 class AppState:
     settings: Settings
     engine: SpeechEngine | None = None
+    ctc: CtcHead | None = None
+    """The encoder's CTC head beside vLLM, for word timestamps (--word-timestamps)."""
     ready: bool = False
     """True once the engine answered a warm-up request; false again once it died."""
     draining: bool = False
@@ -54,7 +57,7 @@ class AppState:
     def transcriber(self) -> Transcriber | None:
         if self.engine is None:
             return None
-        return Transcriber(self.engine, self.settings)
+        return Transcriber(self.engine, self.settings, ctc=self.ctc)
 
     def fail(self, reason: str, exit_code: int = 1) -> None:
         """Not ready any more, and never again: stop the server with ``exit_code``,

@@ -94,8 +94,8 @@ async def create_transcription(
     temperature: TemperatureField = 0.0,
     timestamp_granularities: Annotated[list[str] | None, Form(
         alias="timestamp_granularities[]",
-        description="`segment` (from the segment plan); needs verbose_json. `word` is not "
-        "available yet and is refused rather than ignored.")] = None,
+        description="`segment` (speech segments of the plan) and/or `word` (CTC forced "
+        "alignment of the transcript; not for Japanese); needs verbose_json.")] = None,
     include: Annotated[list[str] | None, Form(
         alias="include[]", description="`logprobs`: token log probabilities (json, or "
         "streamed).")] = None,
@@ -108,11 +108,13 @@ async def create_transcription(
     check_transcription_language(language)
     check_streamable(stream, response_format)
     granularities = check_granularities(timestamp_granularities, response_format)
+    words = word_timing_wanted(state, granularities, response_format, language)
     include_logprobs = check_include(include, response_format)
     vad, padding_ms = await parse_chunking_strategy(request)
     options = TranscriptionOptions(task="transcribe", language=language,
                                    keywords=collect_keywords(prompt, keywords),
-                                   temperature=temperature, vad=vad, padding_ms=padding_ms)
+                                   temperature=temperature, vad=vad, padding_ms=padding_ms,
+                                   word_timestamps=words)
     return await respond(request, state, transcriber, file, options, response_format,
                          stream=stream, include_logprobs=include_logprobs,
                          granularities=granularities)
@@ -157,13 +159,23 @@ def check_granularities(values: list[str] | None, response_format: str) -> froze
     if unknown := granularities - {"segment", "word"}:
         raise InvalidRequest(f"Unknown timestamp granularity: {', '.join(sorted(unknown))}; "
                              "use segment or word.", param="timestamp_granularities")
-    if "word" in granularities:
-        raise InvalidRequest("Word timestamps are not available yet; use segment.",
-                             param="timestamp_granularities")
     if values and response_format != "verbose_json":
         raise InvalidRequest("timestamp_granularities needs response_format=verbose_json.",
                              param="timestamp_granularities")
     return granularities
+
+
+def word_timing_wanted(state: AppState, granularities: frozenset[str], response_format: str,
+                       language: str | None) -> bool:
+    """Word times when asked for, and for subtitles whenever they can be had (cues then
+    split on real word boundaries). Japanese has no word boundaries to align yet."""
+    alignable = state.ctc is not None and language != "ja"
+    if "word" in granularities and not alignable:
+        reason = ("Japanese" if language == "ja" else
+                  "this server (started without --word-timestamps)")
+        raise InvalidRequest(f"Word timestamps are not available for {reason}; use segment.",
+                             param="timestamp_granularities")
+    return "word" in granularities or (alignable and response_format in ("srt", "vtt"))
 
 
 def check_include(values: list[str] | None, response_format: str) -> bool:

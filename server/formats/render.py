@@ -80,9 +80,9 @@ def render(
             return PlainTextResponse(transcript.text, headers=headers)
         case "srt":
             # OpenAI serves SRT as text/plain too.
-            return PlainTextResponse(to_srt(transcript.segments), headers=headers)
+            return PlainTextResponse(to_srt(transcript.segments, transcript.words), headers=headers)
         case "vtt":
-            return Response(to_vtt(transcript.segments), media_type="text/vtt", headers=headers)
+            return Response(to_vtt(transcript.segments, transcript.words), media_type="text/vtt", headers=headers)
         case "verbose_json":
             return JSONResponse(verbose(transcript, timestamp_granularities).model_dump(mode="json"))
         case _:
@@ -97,15 +97,13 @@ def render(
 def verbose(transcript: Transcript, granularities: frozenset[str]) -> VerboseTranscriptionResponse:
     # As at OpenAI: segments come by default and go only when words alone were asked for.
     with_segments = "segment" in granularities or "word" not in granularities
-    words = getattr(transcript, "words", None) if "word" in granularities else None
+    words = transcript.words if "word" in granularities else None
     return VerboseTranscriptionResponse(
         task=transcript.task,
         language=language_name(transcript.language),
         duration=round(transcript.duration, 3),
         text=transcript.text,
         segments=[verbose_segment(s) for s in transcript.segments] if with_segments else None,
-        # Transcript has no word timings yet (the API refuses "word" until alignment
-        # exists); when it gains ``words`` with word/start/end, they show up here.
         words=[TranscriptionWord(word=w.word, start=round(w.start, 3), end=round(w.end, 3))
                for w in words] if words is not None else None,
         usage=duration_usage(transcript.usage),

@@ -48,20 +48,45 @@ class Cue:
     lines: tuple[str, ...]
 
 
-def to_srt(segments: Iterable[TimedText]) -> str:
-    return srt_document(cues_from_segments(segments))
+class TimedWord(Protocol):
+    """A word timing from forced alignment."""
+
+    @property
+    def word(self) -> str: ...
+    @property
+    def start(self) -> float: ...
+    @property
+    def end(self) -> float: ...
 
 
-def to_vtt(segments: Iterable[TimedText]) -> str:
-    return vtt_document(cues_from_segments(segments))
+def to_srt(segments: Sequence[TimedText], words: Sequence[TimedWord] | None = None) -> str:
+    return srt_document(cues_from_segments(segments, words))
 
 
-def cues_from_segments(segments: Iterable[TimedText]) -> list[Cue]:
-    """One or more cues per segment with text; a segment never shares a cue."""
-    return timed_cues(
-        pack_cues(interpolate_words(segment.start, segment.end, segment.text))
-        for segment in segments
-    )
+def to_vtt(segments: Sequence[TimedText], words: Sequence[TimedWord] | None = None) -> str:
+    return vtt_document(cues_from_segments(segments, words))
+
+
+def cues_from_segments(segments: Sequence[TimedText],
+                       words: Sequence[TimedWord] | None = None) -> list[Cue]:
+    """One or more cues per segment with text; a segment never shares a cue.
+
+    ``words`` are the transcript's aligned words in order, as many per segment as its
+    text has whitespace-separated words; without them, time is shared by length."""
+    return timed_cues(pack_cues(pieces) for pieces in _segment_pieces(segments, words))
+
+
+def _segment_pieces(segments: Sequence[TimedText],
+                    words: Sequence[TimedWord] | None) -> Iterable[list[TimedPiece]]:
+    cursor = 0
+    for segment in segments:
+        if words is None:
+            yield interpolate_words(segment.start, segment.end, segment.text)
+            continue
+        count = len(segment.text.split())
+        yield [TimedPiece(w.start, w.end, (" " if i else "") + w.word)
+               for i, w in enumerate(words[cursor : cursor + count])]
+        cursor += count
 
 
 def interpolate_words(start: float, end: float, text: str) -> list[TimedPiece]:

@@ -68,7 +68,7 @@ async def test_logprobs_on_json(http, speech_files):
 
 @pytest.mark.parametrize(
     ("data", "param"),
-    [({"timestamp_granularities[]": "word", "response_format": "verbose_json"},
+    [({"timestamp_granularities[]": "word", "response_format": "verbose_json", "language": "ja"},
       "timestamp_granularities"),
      ({"timestamp_granularities[]": "segment"}, "timestamp_granularities"),
      ({"include[]": "logprobs", "response_format": "text"}, "include"),
@@ -95,3 +95,15 @@ async def test_unknown_fields_are_accepted_and_logged(http, speech_files, caplog
     with caplog.at_level(logging.INFO, logger="server.api.audio_form"):
         await transcribe(http, speech_files, future_option="1", chunking_whatever="x")
     assert "chunking_whatever, future_option" in caplog.text
+
+
+async def test_word_timestamps_cover_every_word_in_order(server_url, speech_files):
+    client = openai.AsyncOpenAI(base_url=f"{server_url}/v1", api_key="unused", max_retries=0)
+    result = await client.audio.transcriptions.create(
+        model=MODEL, file=("speech.wav", speech_files["wav"]), response_format="verbose_json",
+        timestamp_granularities=["word", "segment"])
+    assert [w.word for w in result.words] == result.text.split()
+    assert all(w.start <= w.end for w in result.words)
+    assert all(a.end <= b.start + 1e-3 for a, b in zip(result.words, result.words[1:]))
+    assert all(0 <= w.start and w.end <= result.duration + 0.01 for w in result.words)
+    assert result.segments, "both granularities asked for"
