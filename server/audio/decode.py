@@ -120,8 +120,9 @@ def _decode_wav(data: bytes, max_duration_s: float | None) -> DecodedAudio | Non
             rate, channels = f.samplerate, f.channels
     except sf.SoundFileError:
         return None  # FFmpeg gets its turn and names the problem
-    mono = _sanitize(frames.mean(axis=1, dtype=np.float32))
-    return _result(_resample(mono, rate), "wav", codec, rate, channels)
+    # A mono file's one column is used as it is: a long upload is held once, not twice.
+    mono = frames[:, 0] if channels == 1 else frames.mean(axis=1, dtype=np.float32)
+    return _result(_resample(_sanitize(mono), rate), "wav", codec, rate, channels)
 
 
 # --- PyAV: everything FFmpeg decodes ------------------------------------------
@@ -162,9 +163,11 @@ def _declared_duration(container, stream) -> float | None:
 
 
 def _decode_stream(container, stream, max_duration_s, declared_s) -> np.ndarray:
-    """Decode, mix to mono and resample frame by frame; 16 kHz chunks are joined once."""
+    """Decode, mix to mono and resample frame by frame into one growing buffer, sized
+    from the declared duration: a long file's 16 kHz samples exist once, not as
+    chunks plus their concatenation."""
     resampler = _StreamResampler()
-    chunks: list[np.ndarray] = []
+    out = _SampleBuffer(int((declared_s or 60.0) * TARGET_SAMPLE_RATE * 1.02) + 1024)
     decoded_s = last_frame_s = 0.0
     for frame in _frames(container, stream):
         # Checked before adding the frame: memory stays within the limit plus one
@@ -175,10 +178,32 @@ def _decode_stream(container, stream, max_duration_s, declared_s) -> np.ndarray:
             )
         last_frame_s = frame.samples / frame.sample_rate
         decoded_s += last_frame_s
-        chunks += resampler.feed(_frame_to_mono(frame), frame.sample_rate)
-    chunks += resampler.flush()
-    samples = np.concatenate(chunks or [np.zeros(0, np.float32)])
-    return _trim_padding(samples, decoded_s, declared_s, last_frame_s)
+        out.extend(resampler.feed(_frame_to_mono(frame), frame.sample_rate))
+    out.extend(resampler.flush())
+    return _trim_padding(out.samples(), decoded_s, declared_s, last_frame_s)
+
+
+class _SampleBuffer:
+    """Float32 samples appended in place; grows by half when a file runs longer than
+    it declared."""
+
+    def __init__(self, capacity: int) -> None:
+        self._data = np.empty(max(capacity, 1), np.float32)
+        self._size = 0
+
+    def extend(self, chunks: list[np.ndarray]) -> None:
+        for chunk in chunks:
+            end = self._size + chunk.size
+            if end > self._data.size:
+                grown = np.empty(max(end, self._data.size * 3 // 2), np.float32)
+                grown[: self._size] = self._data[: self._size]
+                self._data = grown
+            self._data[self._size : end] = chunk
+            self._size = end
+
+    def samples(self) -> np.ndarray:
+        # A view: trimming the unused tail would copy the whole recording.
+        return self._data[: self._size]
 
 
 def _frames(container, stream) -> Iterator[av.AudioFrame]:
