@@ -134,6 +134,21 @@ class Settings(BaseSettings):
         "timestamps (timestamp_granularities[]=word) and word-timed subtitles.",
     )
 
+    speculative_ctc: bool = Field(
+        False,
+        description="Self-speculative decoding: the CTC head's greedy transcript is taken as "
+        "it is when confident, else verified by the LLM in one pass and only the rest "
+        "decoded (non-streamed requests; needs --word-timestamps' CTC head).",
+    )
+    speculative_max_entropy: float = Field(
+        0.3, ge=0, description="A CTC draft whose every frame has entropy at most this "
+        "(nats) is accepted without the LLM."
+    )
+    speculative_min_probability: float = Field(
+        0.3, gt=0, le=1, description="Draft tokens are kept while the LLM gives each at "
+        "least this probability."
+    )
+
     # --- Audio and limits -----------------------------------------------------
     max_upload_mb: float = Field(100.0, gt=0, description="Largest accepted upload, in MB.")
     min_audio_seconds: float = Field(

@@ -40,6 +40,9 @@ class SegmentRequest:
     temperature: float = 0.0
     stream: bool = False
     """Yield every step (for streaming) rather than only the final result."""
+    score_last: int = 0
+    """Also return the logprobs of the prompt's last ``score_last`` tokens (a draft
+    being verified in one forward pass)."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,10 @@ class SegmentResult:
     prompt_tokens: int = 0
     finished: bool = False
     finish_reason: str | None = None
+    scored: list[float] = field(default_factory=list)
+    """Logprobs of the scored prompt tokens (``SegmentRequest.score_last``)."""
+    drafted_tokens: int = 0
+    """Output tokens taken from a verified draft rather than decoded one by one."""
 
 
 def check_granite_speech(model: str, revision: str | None = None) -> dict:
@@ -196,6 +203,7 @@ class SpeechEngine:
             skip_special_tokens=True,
             output_kind=RequestOutputKind.CUMULATIVE if request.stream
             else RequestOutputKind.FINAL_ONLY,
+            prompt_logprobs=0 if request.score_last else None,
         )
         prompt = {
             "prompt_token_ids": request.prompt_token_ids,
@@ -204,7 +212,7 @@ class SpeechEngine:
         request_id = request_id or uuid.uuid4().hex
         try:
             async for output in self._llm.generate(prompt, params, request_id):
-                yield _segment_result(output)
+                yield _segment_result(output, request.score_last)
         except (EngineDeadError, EngineGenerateError) as exc:
             raise EngineError(f"The inference engine failed: {exc or type(exc).__name__}") from exc
 
@@ -216,13 +224,20 @@ class SpeechEngine:
             llm.shutdown()
 
 
-def _segment_result(output) -> SegmentResult:
+def _segment_result(output, score_last: int = 0) -> SegmentResult:
     completion = output.outputs[0]
     logprobs = [
         TokenLogprob(step[token].decoded_token or "", step[token].logprob)
         for step, token in zip(completion.logprobs or [], completion.token_ids)
     ]
+    prompt_ids = output.prompt_token_ids or []
+    scored = [
+        step[token].logprob
+        for step, token in zip((output.prompt_logprobs or [])[-score_last:],
+                               prompt_ids[-score_last:])
+    ] if score_last else []
     return SegmentResult(
+        scored=scored,
         text=completion.text,
         token_ids=list(completion.token_ids),
         logprobs=logprobs,

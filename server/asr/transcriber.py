@@ -21,6 +21,7 @@ from server.asr import prompt as prompts
 from server.asr.align import NotAlignable, WordTiming, word_timings
 from server.asr.ctc import CtcHead
 from server.asr.engine import SegmentRequest, SegmentResult, SpeechEngine, TokenLogprob
+from server.asr.speculative import accepted_prefix, ctc_draft
 from server.asr.stitch import UNSPACED_LANGUAGES, join_texts
 from server.audio.features import SAMPLE_RATE, audio_token_count
 from server.audio.segment import PlannedSegment, PlanOptions, plan_segments
@@ -77,6 +78,8 @@ class Usage:
     text_tokens: int
     output_tokens: int
     seconds: float
+    drafted_tokens: int = 0
+    """Output tokens taken from verified CTC drafts instead of decoded one by one."""
 
     @property
     def input_tokens(self) -> int:
@@ -137,12 +140,21 @@ class Transcriber:
         request = SegmentRequest(prompt_ids, noise, self.output_budget(noise.size, len(prompt_ids)))
         await self._final(request, f"warm-up-{uuid.uuid4().hex}")
 
+    @property
+    def speculative(self) -> bool:
+        return self.settings.speculative_ctc and self.ctc is not None
+
     async def transcribe(self, audio: np.ndarray, options: TranscriptionOptions) -> Transcript:
         plan = await self._plan(audio, options, stream=False)
-        results = await asyncio.gather(
-            *(self._final(request, rid) for request, rid in zip(plan.requests, plan.request_ids))
-        )
-        return await self._finish(plan, results, options, len(audio))
+        posteriors = await self._posteriors(plan) if self.speculative else None
+        if posteriors is not None:
+            runs = [self._speculate(request, rid, log_probs) for request, rid, log_probs
+                    in zip(plan.requests, plan.request_ids, posteriors)]
+        else:
+            runs = [self._final(request, rid)
+                    for request, rid in zip(plan.requests, plan.request_ids)]
+        results = await asyncio.gather(*runs)
+        return await self._finish(plan, results, options, len(audio), posteriors)
 
     async def stream(
         self, audio: np.ndarray, options: TranscriptionOptions
@@ -232,19 +244,61 @@ class Transcriber:
         except Exception as exc:  # noqa: BLE001 - handed to the consumer, which raises it
             queue.put_nowait(exc)
 
+    async def _speculate(self, request: SegmentRequest, request_id: str,
+                         log_probs: np.ndarray) -> SegmentResult:
+        """The CTC draft when it is sure; else the prefix of it the LLM confirms in one
+        scoring pass, and only the rest decoded token by token."""
+        tokenizer = self.engine.tokenizer
+        draft = ctc_draft(log_probs)
+        # The model's answer is " " + text + end-of-text (its chat turn's format).
+        draft_ids = tokenizer.encode(" " + draft.text, add_special_tokens=False) if draft.text \
+            else []
+        draft_ids.append(tokenizer.eos_token_id)
+        if len(draft_ids) > request.max_tokens:
+            return await self._final(request, request_id)
+        if draft.max_entropy <= self.settings.speculative_max_entropy:
+            return self._drafted(draft_ids, [])
+        scoring = dataclasses.replace(request, max_tokens=1, score_last=len(draft_ids),
+                                      prompt_token_ids=request.prompt_token_ids + draft_ids)
+        scored = (await self._final(scoring, f"{request_id}-score")).scored
+        keep = accepted_prefix(scored, math.log(self.settings.speculative_min_probability))
+        if keep == len(draft_ids):
+            return self._drafted(draft_ids, scored)
+        rest = await self._final(dataclasses.replace(
+            request, prompt_token_ids=request.prompt_token_ids + draft_ids[:keep],
+            max_tokens=request.max_tokens - keep), f"{request_id}-rest")
+        kept = self._drafted(draft_ids[:keep], scored[:keep])
+        token_ids = kept.token_ids + rest.token_ids
+        return SegmentResult(
+            text=tokenizer.decode(token_ids, skip_special_tokens=True),
+            token_ids=token_ids, logprobs=kept.logprobs + rest.logprobs, finished=True,
+            finish_reason=rest.finish_reason, drafted_tokens=keep)
+
+    def _drafted(self, token_ids: list[int], scored: list[float]) -> SegmentResult:
+        tokenizer = self.engine.tokenizer
+        return SegmentResult(
+            text=tokenizer.decode(token_ids, skip_special_tokens=True), token_ids=token_ids,
+            logprobs=[TokenLogprob(tokenizer.decode([t]), lp) for t, lp in zip(token_ids, scored)],
+            finished=True, finish_reason="stop", drafted_tokens=len(token_ids))
+
+    async def _posteriors(self, plan: _Plan) -> list[np.ndarray]:
+        if self.ctc is None:
+            raise RuntimeError("the CTC head is not loaded (checked by the API)")
+        return await asyncio.to_thread(self.ctc.log_posteriors,
+                                       [request.audio for request in plan.requests])
+
     async def _finish(self, plan: _Plan, results: list[SegmentResult],
-                      options: TranscriptionOptions, num_samples: int) -> Transcript:
+                      options: TranscriptionOptions, num_samples: int,
+                      posteriors: list[np.ndarray] | None = None) -> Transcript:
         transcript = self._stitch(plan, results, options, num_samples)
         if not options.word_timestamps:
             return transcript
-        return dataclasses.replace(transcript, words=await self._align(plan, transcript))
+        posteriors = posteriors or await self._posteriors(plan)
+        return dataclasses.replace(transcript, words=self._align(plan, transcript, posteriors))
 
-    async def _align(self, plan: _Plan, transcript: Transcript) -> list[WordTiming]:
+    def _align(self, plan: _Plan, transcript: Transcript,
+               posteriors: list[np.ndarray]) -> list[WordTiming]:
         """Word times from a CTC forced alignment of each segment's text to its audio."""
-        if self.ctc is None:
-            raise RuntimeError("word timestamps need the CTC head (checked by the API)")
-        posteriors = await asyncio.to_thread(self.ctc.log_posteriors,
-                                             [request.audio for request in plan.requests])
         words = []
         for planned, segment, log_probs in zip(plan.segments, transcript.segments, posteriors):
             words += segment_words(log_probs, segment, planned.audio_start / SAMPLE_RATE)
@@ -268,6 +322,7 @@ class Transcriber:
             audio_tokens=sum(audio_token_count(r.audio.size) for r in plan.requests),
             text_tokens=sum(len(r.prompt_token_ids) - 1 for r in plan.requests),
             output_tokens=sum(len(r.token_ids) for r in results),
+            drafted_tokens=sum(r.drafted_tokens for r in results),
             seconds=num_samples / SAMPLE_RATE,
         )
         return Transcript(
