@@ -46,7 +46,10 @@ class RunningServer:
 def running(command: list[str], ready_path: str, port: int, log: Path,
             timeout_s: float = 900) -> Iterator[RunningServer]:
     """Run a server until the block ends; yield it once ``ready_path`` answers 200."""
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2")}
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2"),
+           # vLLM's own endpoint refuses audio over 600 s and uploads over 25 MB by
+           # default; ours allows 2 h and 100 MB. Same limits for both.
+           "VLLM_MAX_AUDIO_DECODE_DURATION_S": "7200", "VLLM_MAX_AUDIO_CLIP_FILESIZE_MB": "100"}
     with log.open("w") as out:
         proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True)
