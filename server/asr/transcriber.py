@@ -30,6 +30,9 @@ from server.config import Settings
 
 Task = Literal["transcribe", "translate"]
 
+STREAM_HEAD_S = 30
+"""A stream plans (and submits) this much of a long file before the rest."""
+
 
 @dataclass(frozen=True)
 class TranscriptionOptions:
@@ -160,20 +163,49 @@ class Transcriber:
         self, audio: np.ndarray, options: TranscriptionOptions
     ) -> AsyncIterator[TranscriptEvent]:
         """Deltas in audio order, then ``Finished``. Closing the iterator early
-        (a client that went away) cancels every segment, which aborts it in vLLM."""
-        plan = await self._plan(audio, options, stream=True)
-        queues = [asyncio.Queue[SegmentResult | BaseException]() for _ in plan.requests]
-        tasks = [
-            asyncio.create_task(self._pump(request, rid, queue))
-            for request, rid, queue in zip(plan.requests, plan.request_ids, queues)
-        ]
+        (a client that went away) cancels every segment, which aborts it in vLLM.
+
+        The first half-minute is planned and submitted before the VAD runs over the
+        rest of a long file, so the first words don't wait for the whole plan."""
+        prompt_ids = prompts.render_prompt(self.engine.tokenizer, options.instruction())
+        plan = _Plan([], [], [])
+        queues: list[asyncio.Queue] = []
+        tasks: list[asyncio.Task] = []
+        request_id = uuid.uuid4().hex
+
+        def submit(segments: list[PlannedSegment]) -> None:
+            for segment in segments:
+                request = self._segment_request(audio, segment, prompt_ids, options, stream=True)
+                plan.segments.append(segment)
+                plan.requests.append(request)
+                plan.request_ids.append(f"{request_id}-{len(plan.requests) - 1}")
+                queues.append(asyncio.Queue())
+                tasks.append(asyncio.create_task(
+                    self._pump(request, plan.request_ids[-1], queues[-1])))
+
+        head, rest_from = await asyncio.to_thread(self._plan_head, audio, options)
+        submit(head)
+        planned_all = asyncio.Event()
+
+        async def plan_rest() -> None:
+            try:
+                if rest_from is not None:
+                    submit(await asyncio.to_thread(self._plan_from, audio, options, rest_from))
+            finally:
+                planned_all.set()
+
+        rest = asyncio.create_task(plan_rest())
         try:
             deltas = _DeltaTracker(spaced=options.output_language not in UNSPACED_LANGUAGES)
-            results = []
-            for queue in queues:
+            results: list[SegmentResult] = []
+            while len(results) < len(queues) or not planned_all.is_set():
+                if len(results) == len(queues):
+                    await planned_all.wait()
+                    rest.result()  # the rest's planning failed: say so
+                    continue
                 result = SegmentResult()
                 while not result.finished:
-                    item = await queue.get()
+                    item = await queues[len(results)].get()
                     if isinstance(item, BaseException):
                         raise item
                     result = item
@@ -183,9 +215,29 @@ class Transcriber:
                 results.append(result)
             yield Finished(await self._finish(plan, results, options, len(audio)))
         finally:
-            for task in tasks:
+            for task in [rest, *tasks]:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(rest, *tasks, return_exceptions=True)
+
+    def _plan_head(self, audio: np.ndarray, options: TranscriptionOptions,
+                   ) -> tuple[list[PlannedSegment], int | None]:
+        """Segments of a long file's first ``STREAM_HEAD_S`` that end well before it
+        (speech running on past it is left to the rest), and where the rest starts."""
+        plan_options = self.plan_options(options)
+        head_len = STREAM_HEAD_S * SAMPLE_RATE
+        if audio.size <= 2 * head_len:
+            return self.planner(audio, plan_options), None
+        margin = int(plan_options.max_merge_gap_s * SAMPLE_RATE) + SAMPLE_RATE
+        head = [s for s in self.planner(audio[:head_len], plan_options)
+                if s.audio_end < head_len - margin]
+        return head, head[-1].audio_end if head else 0
+
+    def _plan_from(self, audio: np.ndarray, options: TranscriptionOptions,
+                   start: int) -> list[PlannedSegment]:
+        return [dataclasses.replace(s, start=s.start + start, end=s.end + start,
+                                    audio_start=s.audio_start + start,
+                                    audio_end=s.audio_end + start)
+                for s in self.planner(audio[start:], self.plan_options(options))]
 
     def output_budget(self, num_samples: int, prompt_tokens: int) -> int:
         """Room for fast speech, far below the context: a model that never says
@@ -216,18 +268,21 @@ class Transcriber:
         segments = await asyncio.to_thread(self.planner, audio, self.plan_options(options))
         prompt_ids = prompts.render_prompt(self.engine.tokenizer, options.instruction())
         request_id = uuid.uuid4().hex
-        requests = [
-            SegmentRequest(
-                prompt_token_ids=prompt_ids,
-                # A view, not a copy: a long file's samples are held once.
-                audio=audio[segment.audio_start : segment.audio_end],
-                max_tokens=self.output_budget(segment.num_audio_samples, len(prompt_ids)),
-                temperature=options.temperature,
-                stream=stream,
-            )
-            for segment in segments
-        ]
+        requests = [self._segment_request(audio, segment, prompt_ids, options, stream=stream)
+                    for segment in segments]
         return _Plan(segments, requests, [f"{request_id}-{i}" for i in range(len(segments))])
+
+    def _segment_request(self, audio: np.ndarray, segment: PlannedSegment,
+                         prompt_ids: list[int], options: TranscriptionOptions, *,
+                         stream: bool) -> SegmentRequest:
+        return SegmentRequest(
+            prompt_token_ids=prompt_ids,
+            # A view, not a copy: a long file's samples are held once.
+            audio=audio[segment.audio_start : segment.audio_end],
+            max_tokens=self.output_budget(segment.num_audio_samples, len(prompt_ids)),
+            temperature=options.temperature,
+            stream=stream,
+        )
 
     async def _final(self, request: SegmentRequest, request_id: str) -> SegmentResult:
         result = SegmentResult()

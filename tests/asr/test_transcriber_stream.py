@@ -126,3 +126,14 @@ async def test_audio_without_speech_makes_no_engine_call():
     assert transcript.text == "" and transcript.segments == [] and engine.started == []
     assert len(events) == 1 and events[0].transcript.text == ""
     assert transcript.usage.audio_tokens == 0 and transcript.usage.seconds == 5
+
+
+async def test_a_long_stream_plans_its_head_first_and_loses_nothing():
+    texts = [f"w{i}a w{i}b" for i in range(10)]
+    engine = ScriptedEngine(texts, [0.001] * 10)
+    run, audio = transcriber(engine, 100)
+    head, rest_from = run._plan_head(audio, TranscriptionOptions())
+    assert [s.start // 16000 for s in head] == [0, 10] and rest_from == 20 * 16000
+    *deltas, done = await collect(run.stream(audio, TranscriptionOptions()))
+    assert "".join(d.text for d in deltas) == done.transcript.text == " ".join(texts)
+    assert [s.start for s in done.transcript.segments] == [10.0 * i for i in range(10)]
