@@ -63,7 +63,7 @@ def viterbi_path(log_probs: np.ndarray, targets: list[int]) -> np.ndarray:
     path = np.empty(frames, int)
     for t in range(frames - 1, -1, -1):
         path[t] = state
-        state -= back[t, state]
+        state -= int(back[t, state])  # int8 arithmetic would overflow past 127 states
     return np.where(path % 2 == 1, path // 2, -1)
 
 

@@ -64,3 +64,12 @@ def test_text_longer_than_the_audio_is_reported():
 
 def test_empty_text_has_no_words():
     assert word_timings(posteriors(spoken(("", 5))), "  ") == []
+
+
+def test_long_transcripts_align():
+    """More than 127 trellis states (a regression: int8 arithmetic overflowed)."""
+    text = " ".join(["seven"] * 30)
+    frames = [char for word in text.split() for char in ("", *word, "", " ")]
+    timings = word_timings(posteriors(frames), text)
+    assert len(timings) == 30
+    assert all(a.end <= b.start for a, b in zip(timings, timings[1:]))
