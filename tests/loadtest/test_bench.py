@@ -1,0 +1,64 @@
+"""The benchmark and the locust workload run against a live server and report sanely."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from loadtest import bench
+from loadtest.corpus import Recording, Request, encode, recordings, requests
+from tools.long_audio import long_recording
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def short_recording() -> Recording:
+    samples, placed = long_recording(8, distinct=3)
+    return Recording("short.mp3", samples.size / 16000, encode(samples, ".mp3"), ".mp3",
+                     " ".join(p.text for p in placed))
+
+
+async def test_bench_measures_throughput_latency_and_first_delta(server_url, short_recording,
+                                                                  tmp_path):
+    work = [Request(short_recording, "transcriptions", stream, "json")
+            for stream in (True, False, True, False)]
+    results = await bench.bench(server_url, "tiny-granite-speech", "granite-speech-server",
+                                work, [1, 2], None)
+    assert [r.concurrency for r in results] == [1, 2]
+    for result in results:
+        assert result.requests == 4 and result.errors == {}
+        assert result.rtfx > 0 and result.requests_per_s > 0
+        assert result.latency_s["p50"] <= result.latency_s["p99"]
+        assert 0 < result.first_delta_s["p50"] <= result.latency_s["p99"]
+    plots = bench.plot(results, tmp_path)
+    assert all(p.stat().st_size > 1000 for p in plots)
+
+
+def test_corpus_mixes_kinds_formats_and_modes():
+    recs = recordings(per_kind=1)
+    assert {r.suffix for r in recs} == {".wav", ".mp3", ".ogg"}
+    assert max(r.seconds for r in recs) > 100 and min(r.seconds for r in recs) < 10
+    mixed = requests(recs, 60)
+    assert {r.endpoint for r in mixed} == {"transcriptions", "translations"}
+    assert any(r.stream for r in mixed) and any(not r.stream for r in mixed)
+    comparable = requests(recs, 60, comparable=True)
+    assert {(r.endpoint, r.response_format) for r in comparable} == {("transcriptions", "json")}
+
+
+async def test_locust_runs_the_workload_headless(server_url):
+    """In a subprocess, asynchronously: the server runs in this test's event loop."""
+    env = {**os.environ, "GRANITE_SPEECH_MODEL_NAME": "tiny-granite-speech"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "locust", "-f", str(ROOT / "loadtest" / "locustfile.py"),
+        "--host", server_url, "--headless", "-u", "2", "-r", "2", "-t", "8s",
+        "--only-summary", "--exit-code-on-error", "1",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env, cwd=ROOT)
+    output = (await asyncio.wait_for(proc.communicate(), timeout=300))[0].decode()
+    assert "transcribe" in output
+    assert proc.returncode == 0, output[-3000:]
