@@ -25,7 +25,10 @@ and writes the checkpoint with `tiny_model.save_checkpoint` (vLLM weight names).
 
     python tools/speech_corpus.py build --split train
     python tools/speech_corpus.py build --split heldout
-    python tools/train_tiny_model.py --out tests/fixtures/tiny-granite-speech
+    python tools/train_tiny_model.py --recipe     # phases A1, A2, B -> tests/fixtures/...
+
+Single phases take the options below (``--help``); ``--recipe`` runs the exact phases that made
+the committed checkpoint and merges their curves into ``--log`` (+ a PNG next to it).
 """
 
 from __future__ import annotations
@@ -79,6 +82,47 @@ def log(msg: str) -> None:
 def ctc_labels(text: str) -> list[int]:
     """MODEL.md label scheme: 0 blank, Latin-1 chr(i) -> i (katakana unused here)."""
     return [ord(c) for c in text if 0 < ord(c) < 256]
+
+
+def alignment_targets(meta: dict, n_frames: int) -> torch.Tensor:
+    """Frame labels for a CTC-compatible path from the known word timing (50 Hz frames).
+
+    Each word's characters sit at the centres of equal slots across the word's frames, the
+    space between two words at the middle of the gap; every other frame is blank (0). Frames
+    are -100 (ignored) when the timing is unknown (clips synthesized in one piece).
+    """
+    y = torch.zeros(n_frames, dtype=torch.long)
+    words = meta["words"]
+    if meta["kind"] != "speech":
+        return y
+    if not words:
+        return torch.full((n_frames,), -100, dtype=torch.long)
+    spans = []
+    for w, start, end in words:
+        s = min(n_frames - 1, int(start * 50))
+        e = max(s + 1, min(n_frames, int(math.ceil(end * 50))))
+        spans.append((w, s, e))
+    for k, (w, s, e) in enumerate(spans):
+        n = len(w)
+        for j, c in enumerate(w):
+            y[min(e - 1, s + int((j + 0.5) * (e - s) / n))] = ord(c)
+        if k + 1 < len(spans):
+            g = (e + spans[k + 1][1]) // 2
+            if 0 <= g < n_frames and y[g] == 0:
+                y[g] = ord(" ")
+    return y
+
+
+def dense_digit_targets(meta: dict, n_frames: int) -> torch.Tensor:
+    """Per-frame label: 1 + digit of the word covering the frame, 0 outside words, -100 unknown."""
+    if meta["kind"] != "speech":
+        return torch.zeros(n_frames, dtype=torch.long)
+    if not meta["words"]:
+        return torch.full((n_frames,), -100, dtype=torch.long)
+    y = torch.zeros(n_frames, dtype=torch.long)
+    for w, start, end in meta["words"]:
+        y[int(start * 50): int(math.ceil(end * 50))] = sc.DIGITS.index(w) + 1
+    return y
 
 
 def ctc_greedy_text(logits: torch.Tensor) -> str:
@@ -241,7 +285,7 @@ def llm_batch(model, bank: PromptBank, audio_embeds: list[torch.Tensor], instruc
             labels.append(lab)
     L = max(s.shape[0] for s in seqs)
     H = seqs[0].shape[1]
-    x = torch.zeros(len(seqs), L, H)
+    x = torch.zeros(len(seqs), L, H, dtype=seqs[0].dtype)
     mask = torch.zeros(len(seqs), L, dtype=torch.long)
     lab_t = torch.full((len(seqs), L), -100, dtype=torch.long)
     for i, s in enumerate(seqs):
@@ -271,7 +315,7 @@ def greedy_decode(model, bank: PromptBank, audio_embeds, instructions, max_new: 
         done = [False] * len(a_emb)
         for _ in range(max_new):
             L = max(plens[i] + len(gen[i]) for i in range(len(gen)))
-            xx = torch.zeros(len(gen), L, x.shape[2])
+            xx = torch.zeros(len(gen), L, x.shape[2], dtype=x.dtype)
             mm = torch.zeros(len(gen), L, dtype=torch.long)
             for i in range(len(gen)):
                 xx[i, : plens[i]] = x[i, : plens[i]]
@@ -296,7 +340,7 @@ def greedy_decode(model, bank: PromptBank, audio_embeds, instructions, max_new: 
 # ----------------------------------------------------------------------------- curves
 
 class Curve:
-    FIELDS = ["stage", "step", "elapsed_s", "lr", "loss", "ctc", "ctc_mid", "lm", "aux_ctc",
+    FIELDS = ["stage", "step", "elapsed_s", "lr", "loss", "ctc", "ctc_mid", "align_ce", "dense_ce", "lm", "aux_ctc",
               "ctc_wer", "ctc_empty", "wer_en", "wer_fr", "wer_de", "wer_es", "empty_rate",
               "max_digits", "note"]
 
@@ -354,18 +398,32 @@ def stage_a(model, train: Split, held: Split, args, curve: Curve) -> None:
             m.p = args.enc_dropout
     params = list(enc.input_linear.parameters()) + list(enc.layers.parameters()) + \
         list(enc.out.parameters()) + list(enc.out_mid.parameters())
-    opt = torch.optim.AdamW(params, lr=args.lr_a, weight_decay=0.01, betas=(0.9, 0.98))
-    stream = batch_stream(rng, lambda: list(range(len(train))), train.lengths, args.batch_a)
+    # throw-away head: which digit word (if any) covers each frame (dense, learns fast)
+    dense_head = nn.Linear(enc.out.in_features, 11)
+    params_all = params + list(dense_head.parameters())
+    opt = torch.optim.AdamW(params_all, lr=args.lr_a, weight_decay=0.01, betas=(0.9, 0.98))
+    schedule = parse_schedule(args.curriculum_a)
+    state = {"max_digits": None}
+    stream = None
+
+    def eligible():
+        return [i for i in range(len(train)) if train.ndigits[i] <= state["max_digits"]]
+
     t_last = time.time()
-    acc = {"loss": 0.0, "ctc": 0.0, "ctc_mid": 0.0, "n": 0}
+    acc = {"loss": 0.0, "ctc": 0.0, "ctc_mid": 0.0, "ce": 0.0, "dce": 0.0, "n": 0}
     for step in range(args.steps_a):
+        md = [m for s, m in schedule if s <= step][-1]
+        if md != state["max_digits"]:
+            state["max_digits"] = md
+            stream = batch_stream(rng, eligible, train.lengths, args.batch_a)
         enc.train()
         lr = cosine_lr(step, args.steps_a, args.lr_a, args.warmup_a)
         for g in opt.param_groups:
             g["lr"] = lr
         b = next(stream)
-        feats = [spec_augment(train.features(i), rng) for i in b]
-        r = rng.random()
+        augment = step >= args.aug_from_a
+        feats = [spec_augment(train.features(i), rng) if augment else train.features(i) for i in b]
+        r = rng.random() if augment else 0.0
         mode, extra = ("floor", 0) if r < 0.5 else ("zero", 0) if r < 0.8 else ("zero", rng.randint(10, 150))
         x = pad_features(feats, mode, extra)
         h, mid = encoder_forward(enc, x)
@@ -377,24 +435,35 @@ def stage_a(model, train: Split, held: Split, args, curve: Curve) -> None:
         ilen = torch.tensor([f.shape[0] for f in feats])
         ctc = F.ctc_loss(lp, targets, ilen, tlen, blank=0, zero_infinity=True)
         ctc_mid = F.ctc_loss(lp_mid, targets, ilen, tlen, blank=0, zero_infinity=True)
-        loss = ctc + 0.3 * ctc_mid
+        # frame-level cross-entropy towards a CTC path laid out from the known word timing
+        ali = torch.full(x.shape[:2], -100, dtype=torch.long)
+        dense = torch.full(x.shape[:2], -100, dtype=torch.long)
+        for j, i in enumerate(b):
+            ali[j, : feats[j].shape[0]] = alignment_targets(train.meta[i], feats[j].shape[0])
+            dense[j, : feats[j].shape[0]] = dense_digit_targets(train.meta[i], feats[j].shape[0])
+        ce = F.cross_entropy(lp.transpose(0, 1).reshape(-1, lp.shape[-1]), ali.reshape(-1),
+                             ignore_index=-100)
+        dce = F.cross_entropy(dense_head(h).reshape(-1, 11), dense.reshape(-1), ignore_index=-100)
+        loss = ctc + 0.3 * ctc_mid + args.ce_a * ce + args.dense_a * dce
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        torch.nn.utils.clip_grad_norm_(params_all, 1.0)
         opt.step()
-        acc["loss"] += loss.item(); acc["ctc"] += ctc.item(); acc["ctc_mid"] += ctc_mid.item(); acc["n"] += 1
+        acc["loss"] += loss.item(); acc["ctc"] += ctc.item(); acc["ctc_mid"] += ctc_mid.item()
+        acc["ce"] += ce.item(); acc["dce"] += dce.item(); acc["n"] += 1
         last = step + 1 == args.steps_a
         if (step + 1) % args.log_every == 0 or last:
             n = acc["n"]
             row = dict(stage="A", step=step + 1, lr=f"{lr:.2e}", loss=round(acc["loss"] / n, 4),
-                       ctc=round(acc["ctc"] / n, 4), ctc_mid=round(acc["ctc_mid"] / n, 4))
+                       ctc=round(acc["ctc"] / n, 4), ctc_mid=round(acc["ctc_mid"] / n, 4),
+                       align_ce=round(acc["ce"] / n, 4), dense_ce=round(acc["dce"] / n, 4), max_digits=md)
             if (step + 1) % args.eval_every_a == 0 or last:
                 row["ctc_wer"], row["ctc_empty"] = (round(v, 4) for v in eval_ctc(model, held))
             curve.add(**row)
             log(f"A {step + 1}/{args.steps_a} " + " ".join(f"{k}={fmt(v)}" for k, v in row.items()
                 if k not in ('stage', 'step')) + f" ({(time.time() - t_last) / args.log_every:.2f}s/step)")
             t_last = time.time()
-            acc = {"loss": 0.0, "ctc": 0.0, "ctc_mid": 0.0, "n": 0}
+            acc = {"loss": 0.0, "ctc": 0.0, "ctc_mid": 0.0, "ce": 0.0, "dce": 0.0, "n": 0}
 
 
 # ----------------------------------------------------------------------------- stage B
@@ -407,15 +476,13 @@ def cache_encoder_outputs(model, split: Split, rng: random.Random, batch: int = 
     enc.eval()
     outs: list[torch.Tensor | None] = [None] * len(split)
     pad_bank: list[torch.Tensor] = []
-    batches = length_batches(rng, list(range(len(split))), split.lengths, batch, group=1)
-    covered = {i for b in batches for i in b}
-    rest = [i for i in range(len(split)) if i not in covered]
-    if rest:
-        batches.append(rest)
+    order = sorted(range(len(split)), key=lambda i: split.lengths[i])
+    batches = [order[k: k + batch] for k in range(0, len(order), batch)]
+    t0 = time.time()
     for k, b in enumerate(batches):
         feats = [split.features(i) for i in b]
         if rng.random() < zero_share:
-            x = pad_features(feats, "zero", rng.randint(0, 150))
+            x = pad_features(feats, "zero", rng.randint(0, 60))
         else:
             x = pad_features(feats, "floor", 0)
         h, _ = encoder_forward(enc, x)
@@ -424,6 +491,8 @@ def cache_encoder_outputs(model, split: Split, rng: random.Random, batch: int = 
             outs[i] = h[j, :t].to(torch.float16).clone()
             if x.shape[1] - t >= 14 and len(pad_bank) < pad_bank_max and rng.random() < 0.3:
                 pad_bank.append(h[j, t:].to(torch.float16).clone())
+        if (k + 1) % 100 == 0:
+            log(f"  encoder outputs: {k + 1}/{len(batches)} batches ({time.time() - t0:.0f}s)")
     return outs, pad_bank
 
 
@@ -433,15 +502,16 @@ def audio_embeddings(model, enc_outs: list[torch.Tensor], n_samples: list[int],
     proj = model.model.projector
     W = proj.window_size
     windows, counts = [], []
+    dtype = proj.linear.weight.dtype
     for e, n, f in zip(enc_outs, n_samples, fill):
-        e = e.float()
+        e = e.to(dtype)
         t = e.shape[0]
         nb = math.ceil(t / W)
         pad = nb * W - t
         if pad:
-            filler = torch.zeros(pad, e.shape[1]) if f is None else f[:pad].float()
+            filler = torch.zeros(pad, e.shape[1], dtype=dtype) if f is None else f[:pad].to(dtype)
             if filler.shape[0] < pad:
-                filler = torch.cat([filler, torch.zeros(pad - filler.shape[0], e.shape[1])])
+                filler = torch.cat([filler, torch.zeros(pad - filler.shape[0], e.shape[1], dtype=dtype)])
             e = torch.cat([e, filler])
         windows.append(e.view(nb, W, -1))
         counts.append(nb)
@@ -468,7 +538,7 @@ def sample_task(rng: random.Random) -> tuple[str, list[str]]:
 
 @torch.no_grad()
 def eval_llm(model, bank: PromptBank, held: Split, held_enc, n_speech: int = 200,
-             n_tr: int = 80) -> dict:
+             n_tr: int = 60) -> dict:
     model.eval()
     speech = [i for i in range(len(held)) if held.meta[i]["kind"] == "speech"][:n_speech]
     empty = [i for i in range(len(held)) if held.meta[i]["kind"] != "speech"]
@@ -497,8 +567,8 @@ def parse_schedule(spec: str) -> list[tuple[int, int]]:
 def stage_b(model, bank: PromptBank, train: Split, held: Split, args, curve: Curve) -> None:
     rng = random.Random(args.seed + 20)
     t0 = time.time()
-    enc_cache = WORK / f"enc_outputs_seed{args.seed}.pt"
-    if args.reuse_cache and enc_cache.exists():
+    enc_cache = args.enc_cache or WORK / f"enc_outputs_{args.out.name}.pt"
+    if args.enc_cache and enc_cache.exists():
         train_enc, pad_bank, held_enc = torch.load(enc_cache)
         log(f"B: loaded cached encoder outputs {enc_cache}")
     else:
@@ -586,7 +656,7 @@ def stage_b(model, bank: PromptBank, train: Split, held: Split, args, curve: Cur
                 score = row["wer_en"] + row["wer_fr"] + row["wer_de"] + row["wer_es"] + (1 - row["empty_rate"])
                 if best is None or score < best:
                     best = score
-                    torch.save(model.state_dict(), WORK / "best_b.pt")
+                    torch.save(model.state_dict(), args.best_b)
             curve.add(**row)
             log(f"B {step + 1}/{args.steps_b} " + " ".join(f"{k}={fmt(v)}" for k, v in row.items()
                 if k not in ('stage', 'step')) + f" ({(time.time() - t_last) / args.log_every:.2f}s/step)")
@@ -594,7 +664,118 @@ def stage_b(model, bank: PromptBank, train: Split, held: Split, args, curve: Cur
             acc = {"loss": 0.0, "lm": 0.0, "aux_ctc": 0.0, "n": 0}
 
 
+# ----------------------------------------------------------------------------- plots
+
+def plot_curves(csv_path: Path, png_path: Path) -> None:
+    """Learning curves of a (merged) training CSV as one PNG (needs matplotlib)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = list(csv.DictReader(open(csv_path)))
+    num = lambda r, k: float(r[k]) if r.get(k) not in (None, "") else None  # noqa: E731
+    a = [r for r in rows if r["stage"].startswith("A")]
+    b = [r for r in rows if r["stage"].startswith("B")]
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    ax = axes[0]
+    xs = [num(r, "global_step") for r in a]
+    for k in ("ctc", "ctc_mid", "dense_ce", "align_ce"):
+        ax.plot(xs, [num(r, k) for r in a], label=k)
+    ax.set_yscale("log"); ax.set_xlabel("stage A step"); ax.set_title("A: encoder losses"); ax.legend()
+    ax2 = ax.twinx()
+    ev = [r for r in a if r.get("ctc_wer")]
+    ax2.plot([num(r, "global_step") for r in ev], [num(r, "ctc_wer") for r in ev], "k--o", ms=3,
+             label="held-out CTC WER")
+    ax2.set_ylim(0, 1.05); ax2.legend(loc="center right")
+    ax = axes[1]
+    xs = [num(r, "step") for r in b if num(r, "step")]
+    for k in ("lm", "aux_ctc"):
+        ax.plot(xs, [num(r, k) for r in b if num(r, "step")], label=k)
+    ax.set_yscale("log"); ax.set_xlabel("stage B step"); ax.set_title("B: projector + LLM losses")
+    ax.legend()
+    ax = axes[2]
+    ev = [r for r in b if r.get("wer_en")]
+    for k in ("wer_en", "wer_fr", "wer_de", "wer_es"):
+        ax.plot([num(r, "step") for r in ev], [num(r, k) for r in ev], "-o", ms=3, label=k)
+    ax.axhline(0.05, color="gray", ls=":"); ax.axhline(0.10, color="gray", ls="--")
+    ax.set_ylim(0, 1); ax.set_xlabel("stage B step"); ax.set_title("B: held-out WER (in-process)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=90)
+
+
+# ----------------------------------------------------------------------------- recipe
+
+# The exact phases that produced tests/fixtures/tiny-granite-speech (docs/test-model.md).
+# A1 ran before the blank-bias initialisation existed (hence --blank-bias 0); A2 is a warm
+# restart of stage A's cosine schedule, added after A1's CTC loss was still falling at its end.
+RECIPE = [
+    ("A1", ["--blank-bias", "0", "--steps-a", "500", "--steps-b", "0",
+            "--save-a", str(WORK / "stage_a1.pt")]),
+    ("A2", ["--init", str(WORK / "stage_a1.pt"), "--steps-a", "600", "--lr-a", "1e-3",
+            "--warmup-a", "30", "--curriculum-a", "0:8", "--aug-from-a", "0", "--steps-b", "0",
+            "--save-a", str(WORK / "stage_a2.pt")]),
+    ("B", ["--init", str(WORK / "stage_a2.pt"), "--steps-a", "0", "--steps-b", "3500",
+           "--eval-every-b", "500", "--curriculum", "0:1,250:3,700:5,1200:8",
+           "--enc-cache", str(WORK / "enc_a2.pt")]),
+]
+
+
+def merge_curves(parts: list[tuple[str, Path]], out: Path) -> None:
+    """Concatenate per-phase CSVs into one, with the phase name and a global stage-A step."""
+    rows, offset_a = [], 0
+    for phase, path in parts:
+        last = 0
+        for r in csv.DictReader(open(path)):
+            r = {"phase": phase, **r}
+            step = int(r["step"] or 0)
+            r["global_step"] = offset_a + step if r["stage"] == "A" else step
+            last = max(last, step) if r["stage"] == "A" else last
+            rows.append(r)
+        offset_a += last
+    fields = ["phase", "global_step"] + Curve.FIELDS
+    with open(out, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fields)
+        w.writeheader()
+        w.writerows({k: r.get(k, "") for k in fields} for r in rows)
+
+
+def run_recipe(out: Path, log_csv: Path, extra: list[str]) -> int:
+    parts = []
+    stale = WORK / "enc_a2.pt"  # stage B's encoder-output cache belongs to the old encoder
+    if stale.exists():
+        stale.unlink()
+    for phase, argv in RECIPE:
+        phase_csv = WORK / f"curve_{phase}.csv"
+        target = out if phase == RECIPE[-1][0] else WORK / f"ckpt_{phase}"
+        log(f"=== phase {phase}: {' '.join(argv)}")
+        main(argv + ["--out", str(target), "--log", str(phase_csv)] + extra)
+        parts.append((phase, phase_csv))
+    merge_curves(parts, log_csv)
+    try:
+        plot_curves(log_csv, log_csv.with_suffix(".png"))
+    except ImportError:
+        log("matplotlib missing: no plot")
+    return 0
+
+
 # ----------------------------------------------------------------------------- main
+
+def _strip_options(argv: list[str], names: tuple[str, ...]) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a in names:
+            skip = True
+            continue
+        if any(a.startswith(n + "=") for n in names):
+            continue
+        out.append(a)
+    return out
+
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -604,10 +785,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--steps-a", type=int, default=600)
     p.add_argument("--batch-a", type=int, default=32)
-    p.add_argument("--lr-a", type=float, default=2e-3)
-    p.add_argument("--warmup-a", type=int, default=60)
+    p.add_argument("--lr-a", type=float, default=1e-3)
+    p.add_argument("--warmup-a", type=int, default=100)
+    p.add_argument("--curriculum-a", default="0:3,200:8", help="step:max digits, ...")
+    p.add_argument("--aug-from-a", type=int, default=150, help="SpecAugment/zero padding from this step")
+    p.add_argument("--ce-a", type=float, default=0.5, help="weight of the alignment CE loss")
+    p.add_argument("--dense-a", type=float, default=1.0, help="weight of the dense digit CE loss")
     p.add_argument("--enc-dropout", type=float, default=0.0)
-    p.add_argument("--eval-every-a", type=int, default=100)
+    p.add_argument("--eval-every-a", type=int, default=50)
     p.add_argument("--steps-b", type=int, default=3000)
     p.add_argument("--batch-b", type=int, default=48)
     p.add_argument("--lr-b", type=float, default=2e-3)
@@ -618,10 +803,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--curriculum", default="0:1,300:3,900:8")
     p.add_argument("--eval-every-b", type=int, default=250)
     p.add_argument("--log-every", type=int, default=25)
-    p.add_argument("--init", type=Path, help="start from this state_dict (.pt) and skip stage A")
-    p.add_argument("--reuse-cache", action="store_true", help="reuse cached encoder outputs (with --init)")
+    p.add_argument("--init", type=Path, help="start from this state_dict (.pt) (use --steps-a 0 to skip A)")
+    p.add_argument("--blank-bias", type=float, default=4.0, help="initial CTC blank logit bias")
+    p.add_argument("--enc-cache", type=Path,
+                   help="stage-B encoder-output cache: loaded if it exists, else computed and saved "
+                        "(only valid for the same encoder weights and corpus)")
+    p.add_argument("--init-encoder-only", action="store_true",
+                   help="with --init: load only the encoder's weights (e.g. another LLM size)")
+    p.add_argument("--llm-layers", type=int, help="override tiny_model's LLM layer count")
     p.add_argument("--save-a", type=Path, default=WORK / "stage_a.pt")
+    p.add_argument("--recipe", action="store_true",
+                   help="run the documented phases A1, A2, B in sequence (writes --out, --log "
+                        "and its .png); other options are passed to every phase")
+    args, _ = p.parse_known_args(argv)
+    if args.recipe:
+        extra = [a for a in (argv if argv is not None else sys.argv[1:])
+                 if a not in ("--recipe",)]
+        extra = _strip_options(extra, ("--out", "--log"))
+        return run_recipe(args.out, args.log, extra)
     args = p.parse_args(argv)
+    args.best_b = WORK / f"best_b_{args.out.name}.pt"
+    if args.best_b.exists():
+        args.best_b.unlink()
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -630,6 +833,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     curve = Curve(args.log, t0)
 
+    if args.llm_layers:
+        tm.TEXT_KWARGS["num_hidden_layers"] = args.llm_layers
     tokenizer = tm.build_tokenizer()
     config = tm.build_config(tokenizer)
     model = tm.build_model(config, seed=args.seed)
@@ -642,16 +847,23 @@ def main(argv: list[str] | None = None) -> int:
     log(f"corpus: train {len(train)} clips ({train.lengths.sum() / 50 / 3600:.2f} h), heldout {len(held)}")
 
     if args.init:
-        model.load_state_dict(torch.load(args.init))
-        log(f"loaded {args.init}; skipping stage A")
+        state = torch.load(args.init)
+        if args.init_encoder_only:
+            state = {k: v for k, v in state.items() if k.startswith("model.encoder.")}
+        missing, unexpected = model.load_state_dict(state, strict=not args.init_encoder_only)
+        log(f"loaded {args.init} ({len(state)} tensors)")
     else:
+        with torch.no_grad():  # CTC head starts out predicting blank (skips the all-blank phase)
+            model.model.encoder.out.bias[0] += args.blank_bias
+    if args.steps_a:
         stage_a(model, train, held, args, curve)
         WORK.mkdir(parents=True, exist_ok=True)
         torch.save(model.state_dict(), args.save_a)
     if args.steps_b:
         stage_b(model, bank, train, held, args, curve)
-        if (WORK / "best_b.pt").exists():
-            model.load_state_dict(torch.load(WORK / "best_b.pt"))
+        if args.best_b.exists():
+            model.load_state_dict(torch.load(args.best_b))
+            log(f"kept the best stage-B evaluation: {args.best_b}")
     model.eval()
     tm.save_checkpoint(model, tokenizer, args.out)
     log(f"saved {args.out} ({tm.dir_size(args.out) / 1e6:.1f} MB) in {time.time() - t0:.0f}s total")
