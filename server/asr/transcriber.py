@@ -349,7 +349,9 @@ class Transcriber:
         if not options.word_timestamps:
             return transcript
         posteriors = posteriors or await self._posteriors(plan)
-        return dataclasses.replace(transcript, words=self._align(plan, transcript, posteriors))
+        # The Viterbi passes are CPU work (a Python loop over every frame): off the loop.
+        words = await asyncio.to_thread(self._align, plan, transcript, posteriors)
+        return dataclasses.replace(transcript, words=words)
 
     def _align(self, plan: _Plan, transcript: Transcript,
                posteriors: list[np.ndarray]) -> list[WordTiming]:
