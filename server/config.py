@@ -176,7 +176,7 @@ class Settings(BaseSettings):
     )
     min_segment_seconds: float = Field(
         1.0, ge=0, description="Shorter speech segments are merged into a neighbour "
-        "(across a pause under 2 s, when the result fits)."
+        "(across a pause under 1 s, when the result fits)."
     )
     segment_padding_ms: int = Field(
         300, ge=0, le=2000, description="Audio kept around each segment's speech, in ms "

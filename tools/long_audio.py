@@ -1,7 +1,11 @@
 """Long recordings with known content: held-out digit utterances separated by pauses.
 
-Used by the long-audio tests and benchmarks: each utterance's text and its true
-start/end in the file (first word onset, last word offset) are known exactly.
+Used by the long-audio tests and benchmarks: each utterance's text, where its clip sits
+in the file, and each word's true onset and offset in the file are known exactly.
+
+The clips are synthesised clean and the whole file gets one continuous noise floor, as
+in a room: noise that switched on and off with each utterance would itself be an event
+a speech detector (rightly) notices, and no real recording sounds like that.
 
     python tools/long_audio.py OUT.wav --seconds 600    # also writes OUT.json
 """
@@ -20,37 +24,70 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tools.speech_corpus import SAMPLE_RATE, small_heldout_set, wav_bytes  # noqa: E402
+from tools.speech_corpus import SAMPLE_RATE, noise, small_heldout_set, wav_bytes  # noqa: E402
+
+Word = tuple[str, float, float]
 
 
 @dataclass(frozen=True)
 class PlacedUtterance:
     text: str
-    start: float
-    """First word onset in the long file, seconds."""
-    end: float
-    """Last word offset, seconds."""
+    words: tuple[Word, ...]
+    """(word, onset, offset) in the long file, seconds."""
+    clip: tuple[float, float]
+    """Where the utterance's clip, with its own short lead and tail, sits in the file."""
+
+    @property
+    def start(self) -> float:
+        """First word onset in the long file, seconds."""
+        return self.words[0][1]
+
+    @property
+    def end(self) -> float:
+        """Last word offset, seconds."""
+        return self.words[-1][2]
+
+    def excerpt(self, audio: np.ndarray) -> np.ndarray:
+        """The clip cut back out of the long file (noise floor included)."""
+        return audio[round(self.clip[0] * SAMPLE_RATE) : round(self.clip[1] * SAMPLE_RATE)]
 
 
 def long_recording(seconds: float, *, seed: int = 0, distinct: int = 40,
-                   pause_s: tuple[float, float] = (0.8, 2.5),
+                   pause_s: tuple[float, float] = (0.8, 2.5), noise_floor_dbfs: float = -60.0,
                    ) -> tuple[np.ndarray, list[PlacedUtterance]]:
     """About ``seconds`` of audio: ``distinct`` held-out utterances, repeated in turn,
-    each followed by a pause of faint noise (real rooms are never digitally silent)."""
-    clips = small_heldout_set(n_speech=distinct, n_empty=0, seed=seed)
+    each after a pause, over pink noise at ``noise_floor_dbfs`` RMS."""
+    clips = small_heldout_set(n_speech=distinct, n_empty=0, seed=seed, clean=True)
     rng = np.random.default_rng(seed)
-    pieces: list[np.ndarray] = []
+    pauses = []
     placed: list[PlacedUtterance] = []
     offset = 0
     while offset < seconds * SAMPLE_RATE:
         clip = clips[len(placed) % len(clips)]
-        pause = rng.normal(0, 3e-4, int(rng.uniform(*pause_s) * SAMPLE_RATE)).astype(np.float32)
-        pieces += [pause, clip.audio]
-        offset += pause.size
+        pauses.append(int(rng.uniform(*pause_s) * SAMPLE_RATE))
+        offset += pauses[-1]
         t = offset / SAMPLE_RATE
-        placed.append(PlacedUtterance(clip.text, t + clip.words[0][1], t + clip.words[-1][2]))
+        placed.append(PlacedUtterance(
+            clip.text, tuple((w, t + on, t + off) for w, on, off in clip.words),
+            (t, t + clip.audio.size / SAMPLE_RATE)))
         offset += clip.audio.size
-    return np.concatenate(pieces), placed
+    audio = noise_floor(rng, offset, noise_floor_dbfs)
+    for k, utterance in enumerate(placed):
+        clip = clips[k % len(clips)].audio
+        at = round(utterance.clip[0] * SAMPLE_RATE)
+        audio[at : at + clip.size] += clip
+    return audio, placed
+
+
+def noise_floor(rng: np.random.Generator, n: int, dbfs: float) -> np.ndarray:
+    """Pink noise made ten seconds at a time (one FFT over hours would need gigabytes)."""
+    block = 10 * SAMPLE_RATE
+    out = np.empty(n, np.float32)
+    for at in range(0, n, block):
+        size = min(block, n - at)
+        out[at : at + size] = noise(rng, "pink", max(size, 2))[:size]
+    out *= np.float32(10 ** (dbfs / 20))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

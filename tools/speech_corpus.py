@@ -265,7 +265,8 @@ class Utterance:
         return " ".join(words[d] for d in self.digits)
 
 
-def _noise(rng: np.random.Generator, kind: str, n: int) -> np.ndarray:
+def noise(rng: np.random.Generator, kind: str, n: int) -> np.ndarray:
+    """Unit-RMS noise: white, pink, brown or mains hum."""
     if kind == "white":
         y = rng.standard_normal(n)
     elif kind in ("pink", "brown"):
@@ -297,7 +298,7 @@ def _finish(rng: np.random.Generator, audio: np.ndarray, speech_rms: float,
     if rng.random() >= clean_p:
         kind = str(rng.choice(NOISE_KINDS, p=NOISE_P))
         snr = float(rng.uniform(*snr_range))
-        audio = audio + _noise(rng, kind, len(audio)) * speech_rms * 10 ** (-snr / 20)
+        audio = audio + noise(rng, kind, len(audio)) * speech_rms * 10 ** (-snr / 20)
         info.update(noise=kind, snr=round(snr, 1))
     peak = float(np.abs(audio).max()) or 1.0
     target = float(np.exp(rng.uniform(np.log(0.03), np.log(0.95))))
@@ -309,7 +310,7 @@ def _finish(rng: np.random.Generator, audio: np.ndarray, speech_rms: float,
 
 
 def make_speech(rng: np.random.Generator, voice: Voice, digits: list[int], bank: WordBank,
-                continuous: bool, train: bool) -> Utterance:
+                continuous: bool, train: bool, clean: bool = False) -> Utterance:
     lead = rng.uniform(0.05, 0.6)
     trail = rng.uniform(0.1, 0.6)
     if continuous:
@@ -343,7 +344,7 @@ def make_speech(rng: np.random.Generator, voice: Voice, digits: list[int], bank:
         timing = [(w, round((s + offset) / rate, 4), round((e + offset) / rate, 4)) for w, s, e in timing]
     speech_rms = float(np.sqrt((body ** 2).mean()))
     audio, extra = _finish(rng, audio, speech_rms, (5.0, 40.0) if train else (10.0, 40.0),
-                           0.2 if train else 0.25)
+                           1.0 if clean else 0.2 if train else 0.25)
     info.update(extra)
     text = " ".join(DIGITS[d] for d in digits)
     return Utterance(audio, text, list(digits), timing, "speech", voice.key, info)
@@ -356,18 +357,18 @@ def make_empty(rng: np.random.Generator) -> Utterance:
         audio, kind, info = np.zeros(n, np.float32), "silence", {"type": "digital"}
     elif r < 0.3:
         amp = float(np.exp(rng.uniform(np.log(1e-5), np.log(3e-3))))
-        audio, kind, info = _noise(rng, "white", n) * amp, "silence", {"type": "dither", "amp": amp}
+        audio, kind, info = noise(rng, "white", n) * amp, "silence", {"type": "dither", "amp": amp}
     elif r < 0.9:
         nk = str(rng.choice(NOISE_KINDS, p=NOISE_P))
         amp = float(np.exp(rng.uniform(np.log(1e-3), np.log(0.3))))
-        audio, kind, info = _noise(rng, nk, n) * amp, "noise", {"type": nk, "amp": round(amp, 5)}
+        audio, kind, info = noise(rng, nk, n) * amp, "noise", {"type": nk, "amp": round(amp, 5)}
         if rng.random() < 0.3:  # a second, different noise on top
-            audio = audio + _noise(rng, str(rng.choice(NOISE_KINDS)), n) * amp * rng.uniform(0.1, 1)
+            audio = audio + noise(rng, str(rng.choice(NOISE_KINDS)), n) * amp * rng.uniform(0.1, 1)
     else:  # beeps
         t = np.arange(n) / SAMPLE_RATE
         f = rng.uniform(300, 3000)
         on = (np.sin(2 * np.pi * rng.uniform(0.5, 3) * t) > rng.uniform(-0.5, 0.8))
-        audio = (0.3 * np.sin(2 * np.pi * f * t) * on + 0.003 * _noise(rng, "white", n))
+        audio = (0.3 * np.sin(2 * np.pi * f * t) * on + 0.003 * noise(rng, "white", n))
         kind, info = "noise", {"type": "beeps", "freq": round(f)}
     audio = np.clip(audio, -1, 1).astype(np.float32)
     return Utterance(audio, "", [], [], kind, "", info)
@@ -466,11 +467,13 @@ def load_split(split: str, out_dir: Path | None = None, audio: bool = False):
 
 # ----------------------------------------------------------------------------- small sets for tests
 
-def small_heldout_set(n_speech: int = 10, n_empty: int = 3, seed: int = 0) -> list[Utterance]:
+def small_heldout_set(n_speech: int = 10, n_empty: int = 3, seed: int = 0,
+                      clean: bool = False) -> list[Utterance]:
     """A few held-out clips made in memory (deterministic; only needs espeak-ng and flite).
 
     Speech clips use held-out voices (never trained on), 1-8 digits, word-by-word synthesis
     with exact word timing; then ``n_empty`` silence/noise clips with empty references.
+    ``clean``: no added noise (a caller that lays its own noise floor under them).
     ``Utterance.reference(lang)`` gives the expected text for "en", "fr", "de" and "es".
     """
     voices = heldout_voices()
@@ -483,7 +486,8 @@ def small_heldout_set(n_speech: int = 10, n_empty: int = 3, seed: int = 0) -> li
             continue
         voice = voices[int(rng.integers(len(voices)))]
         digits = [int(d) for d in rng.integers(0, 10, size=int(rng.integers(1, 9)))]
-        items.append(make_speech(rng, voice, digits, bank, continuous=False, train=False))
+        items.append(make_speech(rng, voice, digits, bank, continuous=False, train=False,
+                                 clean=clean))
     return items
 
 

@@ -1,6 +1,7 @@
 """Runs one request through the flow: plan -> prompts -> engine -> stitch.
 
-All segments of a request go to the engine at once, so the engine batches them.
+Segments go to the engine as soon as they are planned (a window of audio at a time), none
+waiting for another, so the engine batches them.
 ``stream`` yields text deltas in audio order while later segments already run;
 ``transcribe`` waits for the final texts only.
 """
@@ -11,7 +12,7 @@ import asyncio
 import dataclasses
 import math
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -24,15 +25,11 @@ from server.asr.engine import SegmentRequest, SegmentResult, SpeechEngine, Token
 from server.asr.speculative import accepted_prefix, ctc_draft
 from server.asr.stitch import UNSPACED_LANGUAGES, join_texts
 from server.audio.features import SAMPLE_RATE, audio_token_count
-from server.audio.segment import PlannedSegment, PlanOptions, plan_segments
+from server.audio.segment import PlannedSegment, Planner, PlanOptions, plan_in_windows
 from server.audio.vad import VadOptions
 from server.config import Settings
 
 Task = Literal["transcribe", "translate"]
-
-STREAM_HEAD_S = 30
-"""A stream plans (and submits) this much of a long file before the rest."""
-
 
 @dataclass(frozen=True)
 class TranscriptionOptions:
@@ -125,12 +122,9 @@ class _Plan:
     request_ids: list[str]
 
 
-Planner = Callable[[np.ndarray, PlanOptions], list[PlannedSegment]]
-
-
 class Transcriber:
     def __init__(self, engine: SpeechEngine, settings: Settings,
-                 planner: Planner = plan_segments, ctc: CtcHead | None = None) -> None:
+                 planner: Planner = plan_in_windows, ctc: CtcHead | None = None) -> None:
         self.engine = engine
         self.settings = settings
         self.planner = planner
@@ -148,60 +142,55 @@ class Transcriber:
         return self.settings.speculative_ctc and self.ctc is not None
 
     async def transcribe(self, audio: np.ndarray, options: TranscriptionOptions) -> Transcript:
-        plan = await self._plan(audio, options, stream=False)
-        posteriors = await self._posteriors(plan) if self.speculative else None
-        if posteriors is not None:
-            runs = [self._speculate(request, rid, log_probs) for request, rid, log_probs
-                    in zip(plan.requests, plan.request_ids, posteriors)]
-        else:
-            runs = [self._final(request, rid)
-                    for request, rid in zip(plan.requests, plan.request_ids)]
-        results = await asyncio.gather(*runs)
+        plan = _Plan([], [], [])
+        runs: list[asyncio.Task] = []
+        posteriors: list[np.ndarray] | None = [] if self.speculative else None
+        try:
+            async for batch in self._submissions(audio, options, plan, stream=False):
+                if posteriors is None:
+                    runs += [asyncio.create_task(self._final(request, rid))
+                             for request, rid in batch]
+                    continue
+                batch_posteriors = await self._posteriors([request for request, _ in batch])
+                posteriors += batch_posteriors
+                runs += [asyncio.create_task(self._speculate(request, rid, log_probs))
+                         for (request, rid), log_probs in zip(batch, batch_posteriors)]
+            results = await asyncio.gather(*runs)
+        finally:
+            await _cancel(runs)
         return await self._finish(plan, results, options, len(audio), posteriors)
 
     async def stream(
         self, audio: np.ndarray, options: TranscriptionOptions
     ) -> AsyncIterator[TranscriptEvent]:
         """Deltas in audio order, then ``Finished``. Closing the iterator early
-        (a client that went away) cancels every segment, which aborts it in vLLM.
-
-        The first half-minute is planned and submitted before the VAD runs over the
-        rest of a long file, so the first words don't wait for the whole plan."""
-        prompt_ids = prompts.render_prompt(self.engine.tokenizer, options.instruction())
+        (a client that went away) cancels every segment, which aborts it in vLLM."""
         plan = _Plan([], [], [])
         queues: list[asyncio.Queue] = []
         tasks: list[asyncio.Task] = []
-        request_id = uuid.uuid4().hex
+        submitted = asyncio.Event()
 
-        def submit(segments: list[PlannedSegment]) -> None:
-            for segment in segments:
-                request = self._segment_request(audio, segment, prompt_ids, options, stream=True)
-                plan.segments.append(segment)
-                plan.requests.append(request)
-                plan.request_ids.append(f"{request_id}-{len(plan.requests) - 1}")
-                queues.append(asyncio.Queue())
-                tasks.append(asyncio.create_task(
-                    self._pump(request, plan.request_ids[-1], queues[-1])))
-
-        head, rest_from = await asyncio.to_thread(self._plan_head, audio, options)
-        submit(head)
-        planned_all = asyncio.Event()
-
-        async def plan_rest() -> None:
+        async def submit_all() -> None:
             try:
-                if rest_from is not None:
-                    submit(await asyncio.to_thread(self._plan_from, audio, options, rest_from))
+                async for batch in self._submissions(audio, options, plan, stream=True):
+                    for request, rid in batch:
+                        queues.append(asyncio.Queue())
+                        tasks.append(asyncio.create_task(self._pump(request, rid, queues[-1])))
+                    submitted.set()
             finally:
-                planned_all.set()
+                submitted.set()
 
-        rest = asyncio.create_task(plan_rest())
+        planning = asyncio.create_task(submit_all())
         try:
             deltas = _DeltaTracker(spaced=options.output_language not in UNSPACED_LANGUAGES)
             results: list[SegmentResult] = []
-            while len(results) < len(queues) or not planned_all.is_set():
+            while True:
                 if len(results) == len(queues):
-                    await planned_all.wait()
-                    rest.result()  # the rest's planning failed: say so
+                    if planning.done():
+                        planning.result()  # planning failed: say so
+                        break
+                    submitted.clear()
+                    await submitted.wait()
                     continue
                 result = SegmentResult()
                 while not result.finished:
@@ -215,29 +204,25 @@ class Transcriber:
                 results.append(result)
             yield Finished(await self._finish(plan, results, options, len(audio)))
         finally:
-            for task in [rest, *tasks]:
-                task.cancel()
-            await asyncio.gather(rest, *tasks, return_exceptions=True)
+            await _cancel([planning, *tasks])
 
-    def _plan_head(self, audio: np.ndarray, options: TranscriptionOptions,
-                   ) -> tuple[list[PlannedSegment], int | None]:
-        """Segments of a long file's first ``STREAM_HEAD_S`` that end well before it
-        (speech running on past it is left to the rest), and where the rest starts."""
-        plan_options = self.plan_options(options)
-        head_len = STREAM_HEAD_S * SAMPLE_RATE
-        if audio.size <= 2 * head_len:
-            return self.planner(audio, plan_options), None
-        margin = int(plan_options.max_merge_gap_s * SAMPLE_RATE) + SAMPLE_RATE
-        head = [s for s in self.planner(audio[:head_len], plan_options)
-                if s.audio_end < head_len - margin]
-        return head, head[-1].audio_end if head else 0
-
-    def _plan_from(self, audio: np.ndarray, options: TranscriptionOptions,
-                   start: int) -> list[PlannedSegment]:
-        return [dataclasses.replace(s, start=s.start + start, end=s.end + start,
-                                    audio_start=s.audio_start + start,
-                                    audio_end=s.audio_end + start)
-                for s in self.planner(audio[start:], self.plan_options(options))]
+    async def _submissions(self, audio: np.ndarray, options: TranscriptionOptions, plan: _Plan,
+                           *, stream: bool) -> AsyncIterator[list[tuple[SegmentRequest, str]]]:
+        """The plan's segments as engine requests, a window's worth at a time, each batch
+        as soon as the VAD has seen its audio (in a worker thread: it is CPU work)."""
+        prompt_ids = prompts.render_prompt(self.engine.tokenizer, options.instruction())
+        request_id = uuid.uuid4().hex
+        windows = self.planner(audio, self.plan_options(options))
+        while (segments := await asyncio.to_thread(next, windows, None)) is not None:
+            batch = []
+            for segment in segments:
+                request = self._segment_request(audio, segment, prompt_ids, options,
+                                                stream=stream)
+                plan.segments.append(segment)
+                plan.requests.append(request)
+                plan.request_ids.append(f"{request_id}-{len(plan.requests) - 1}")
+                batch.append((request, plan.request_ids[-1]))
+            yield batch
 
     def output_budget(self, num_samples: int, prompt_tokens: int) -> int:
         """Room for fast speech, far below the context: a model that never says
@@ -261,16 +246,6 @@ class Transcriber:
             else options.padding_ms,
             vad=options.vad or default_vad,
         )
-
-    async def _plan(self, audio: np.ndarray, options: TranscriptionOptions, *,
-                    stream: bool) -> _Plan:
-        # The VAD is CPU work: a worker thread, not the event loop.
-        segments = await asyncio.to_thread(self.planner, audio, self.plan_options(options))
-        prompt_ids = prompts.render_prompt(self.engine.tokenizer, options.instruction())
-        request_id = uuid.uuid4().hex
-        requests = [self._segment_request(audio, segment, prompt_ids, options, stream=stream)
-                    for segment in segments]
-        return _Plan(segments, requests, [f"{request_id}-{i}" for i in range(len(segments))])
 
     def _segment_request(self, audio: np.ndarray, segment: PlannedSegment,
                          prompt_ids: list[int], options: TranscriptionOptions, *,
@@ -336,11 +311,11 @@ class Transcriber:
             logprobs=[TokenLogprob(tokenizer.decode([t]), lp) for t, lp in zip(token_ids, scored)],
             finished=True, finish_reason="stop", drafted_tokens=len(token_ids))
 
-    async def _posteriors(self, plan: _Plan) -> list[np.ndarray]:
+    async def _posteriors(self, requests: list[SegmentRequest]) -> list[np.ndarray]:
         if self.ctc is None:
             raise RuntimeError("the CTC head is not loaded (checked by the API)")
         return await asyncio.to_thread(self.ctc.log_posteriors,
-                                       [request.audio for request in plan.requests])
+                                       [request.audio for request in requests])
 
     async def _finish(self, plan: _Plan, results: list[SegmentResult],
                       options: TranscriptionOptions, num_samples: int,
@@ -348,7 +323,7 @@ class Transcriber:
         transcript = self._stitch(plan, results, options, num_samples)
         if not options.word_timestamps:
             return transcript
-        posteriors = posteriors or await self._posteriors(plan)
+        posteriors = posteriors or await self._posteriors(plan.requests)
         # The Viterbi passes are CPU work (a Python loop over every frame): off the loop.
         words = await asyncio.to_thread(self._align, plan, transcript, posteriors)
         return dataclasses.replace(transcript, words=words)
@@ -404,6 +379,12 @@ def segment_words(log_probs: np.ndarray, segment: Segment, audio_offset_s: float
         return [WordTiming(word, round(segment.start + i * step, 3),
                            round(segment.start + (i + 1) * step, 3))
                 for i, word in enumerate(words)]
+
+
+async def _cancel(tasks: list[asyncio.Task]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class _DeltaTracker:

@@ -10,16 +10,24 @@ the maximum is cut at its quietest moment.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import dataclasses
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
 from server.audio.features import SAMPLE_RATE
-from server.audio.vad import VadOptions, speech_regions
+from server.audio.vad import SpeechDetector, VadOptions, speech_regions
 
 QUIET_WINDOW = SAMPLE_RATE // 20
 """Energy is compared over 50 ms windows when looking for the quietest cut."""
+
+FIRST_WINDOW_S = 30.0
+"""A long file is planned in windows, the first this long: its segments go to the
+engine after the VAD has seen half a minute, not the whole file."""
+MAX_WINDOW_S = 240.0
+"""Later windows double up to this, so the overlap re-analysed at each edge stays small."""
 
 
 @dataclass(frozen=True)
@@ -27,8 +35,9 @@ class PlanOptions:
     max_segment_s: float = 30.0
     min_segment_s: float = 1.0
     """Shorter segments are merged into a neighbour (when the result fits)."""
-    max_merge_gap_s: float = 2.0
-    """...but only across a pause shorter than this."""
+    max_merge_gap_s: float = 1.0
+    """...but only across a pause shorter than this: a hesitation inside a sentence, not
+    the gap between two (merging those made the test model run utterances together)."""
     padding_ms: int = 300
     """Audio kept around each segment's speech, so onsets and decays aren't clipped."""
     vad: VadOptions = VadOptions()
@@ -53,11 +62,25 @@ class PlannedSegment:
 Detector = Callable[[np.ndarray, VadOptions], list[tuple[int, int]]]
 
 
+Planner = Callable[[np.ndarray, PlanOptions], Iterator[list["PlannedSegment"]]]
+"""A file's plan in batches, in audio order (``plan_in_windows``)."""
+
+
+class WindowDetector(Protocol):
+    def regions(self, start: int, end: int) -> list[tuple[int, int]]:
+        """Speech in ``audio[start:end]``, as file offsets."""
+
+
 def plan_segments(audio: np.ndarray, options: PlanOptions,
                   detect: Detector = speech_regions) -> list[PlannedSegment]:
-    """CPU-bound (runs the VAD): call from a worker thread."""
+    """The whole file's plan at once. CPU-bound (runs the VAD): call from a worker thread."""
+    return plan_regions(audio, detect(audio, options.vad), options)
+
+
+def plan_regions(audio: np.ndarray, regions: Sequence[tuple[int, int]],
+                 options: PlanOptions) -> list[PlannedSegment]:
+    """Segments from the speech regions found in ``audio``."""
     max_len = int(options.max_segment_s * SAMPLE_RATE)
-    regions = detect(audio, options.vad)
     regions = [piece for region in regions for piece in split_long(audio, region, max_len)]
     regions = merge_short(regions, options, max_len)
     return pad(regions, len(audio), int(options.padding_ms * SAMPLE_RATE / 1000), max_len)
@@ -134,3 +157,51 @@ def pad(regions: Sequence[tuple[int, int]], total: int, padding: int,
         after = min(padding, room, (next_start - end) // 2 if k + 1 < len(regions) else total - end)
         planned.append(PlannedSegment(start, end, start - before, end + after))
     return planned
+
+
+def plan_in_windows(audio: np.ndarray, options: PlanOptions,
+                    detector: WindowDetector | None = None) -> Iterator[list[PlannedSegment]]:
+    """The plan of a file in batches, in audio order, each ready as soon as its window of
+    audio is analysed. Every request plans this way, so a stream and a plain request cut
+    a file identically. CPU-bound: iterate from a worker thread.
+
+    Each window is planned alone and only the segments ending at least ``edge_margin``
+    before its edge are kept: audio past the edge can't change them (a merge, padding or
+    a still-running speech run reaches less far). The next window starts where the last
+    kept segment's audio ends, in a pause or at a cut the plan made."""
+    detector = detector or SpeechDetector(audio, options.vad)
+    total, margin = len(audio), edge_margin(options)
+    start, window = 0, max(int(FIRST_WINDOW_S * SAMPLE_RATE), 2 * margin)
+    while start < total:
+        end = min(total, start + window)
+        regions = [(a - start, b - start) for a, b in detector.regions(start, end)]
+        segments = plan_regions(audio[start:end], regions, options)
+        if end == total:
+            if segments:
+                yield _shifted(segments, start)
+            return
+        settled = [s for s in segments if s.audio_end <= end - start - margin]
+        if settled:
+            yield _shifted(settled, start)
+            start += settled[-1].audio_end
+            window = max(window, min(2 * window, int(MAX_WINDOW_S * SAMPLE_RATE)))
+        elif segments and segments[0].audio_start > 0:
+            start += segments[0].audio_start  # speech begins near the edge: start there
+        elif segments:
+            window *= 2  # one speech run fills the window: look further
+        else:
+            start = end - margin  # no speech; the edge is looked at again
+
+
+def edge_margin(options: PlanOptions) -> int:
+    """How far past a segment's audio the plan may still look: the VAD's closing pause,
+    a merge across a short pause, both paddings, and a second for Silero's own padding."""
+    reach_s = (options.vad.min_silence_ms / 1000 + options.max_merge_gap_s
+               + 2 * options.padding_ms / 1000 + 1.0)
+    return int(reach_s * SAMPLE_RATE)
+
+
+def _shifted(segments: list[PlannedSegment], offset: int) -> list[PlannedSegment]:
+    return [dataclasses.replace(s, start=s.start + offset, end=s.end + offset,
+                                audio_start=s.audio_start + offset,
+                                audio_end=s.audio_end + offset) for s in segments]

@@ -9,11 +9,27 @@ manages ~100x. CPU-bound: call from a worker thread, never the event loop.
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
 from server.audio.features import SAMPLE_RATE
+
+FRAME = 512
+"""Samples per Silero frame at 16 kHz."""
+CONTEXT = 64
+"""Samples of the previous frame Silero sees before each frame."""
+BLOCK_FRAMES = 512
+"""Frames per ONNX call (~16 s)."""
+
+LEVEL_HOP = SAMPLE_RATE // 4
+"""The level is measured as the RMS of 250 ms hops..."""
+LEVEL_REACH = 6
+"""...and taken as the loudest within 1.5 s either side."""
+TARGET_LEVEL = 0.1
+MAX_GAIN = 30.0
+"""Quiet stretches are raised towards ``TARGET_LEVEL`` by at most this much (30 dB)."""
 
 
 @dataclass(frozen=True)
@@ -22,8 +38,9 @@ class VadOptions:
     """Speech probability above which a frame counts as speech."""
     min_silence_ms: int = 500
     """A pause at least this long separates two speech regions."""
-    speech_pad_ms: int = 100
-    """Silero widens each region by this much on both sides."""
+    speech_pad_ms: int = 30
+    """Silero widens each region by this much on both sides (its default). The regions
+    are the segments' timestamps, so kept tight; the plan pads the audio itself."""
     min_speech_ms: int = 150
     """Shorter blips are not speech (clicks, breaths)."""
 
@@ -35,19 +52,119 @@ def _model():
     return load_silero_vad(sequence=True)
 
 
+class SpeechDetector:
+    """Speech regions of one file, window by window, as the plan asks for them.
+
+    The probabilities are computed once, a block at a time and only as far as asked,
+    with Silero's recurrent state carried through the whole file: started afresh in
+    the middle of a file, it hears the same audio differently for tens of seconds
+    (a word's probability 0.9 in the file's flow can read 0.2).
+
+    That state also adapts to loudness: after loud speech, a quiet speaker reads as
+    background (0.1 where the same clip alone reads 0.5) and a whole utterance goes
+    missing. So Silero hears the audio levelled: each stretch raised towards a common
+    level (``level_gains``); noise alone, raised, still reads as noise."""
+
+    def __init__(self, audio: np.ndarray, options: VadOptions) -> None:
+        self.audio, self.options = audio, options
+        self._blocks = self._levelled_blocks()
+        self._probs: list[np.ndarray] = []
+        self._state = (np.zeros((1, 1, 128), np.float32), np.zeros((1, 1, 128), np.float32))
+        self._num_frames = 0
+
+    def regions(self, start: int, end: int) -> list[tuple[int, int]]:
+        """[(start, end)] sample ranges of speech in ``audio[start:end]`` (file offsets)."""
+        from silero_vad.utils_vad import get_speech_timestamps_from_probs
+
+        first, last = start // FRAME, -(-end // FRAME)
+        if last <= first:
+            return []
+        probs = self._probabilities(last)[first:last]
+        origin = first * FRAME
+        options = self.options
+        found = get_speech_timestamps_from_probs(
+            probs,
+            sampling_rate=SAMPLE_RATE,
+            threshold=options.threshold,
+            min_speech_duration_ms=options.min_speech_ms,
+            min_silence_duration_ms=options.min_silence_ms,
+            speech_pad_ms=options.speech_pad_ms,
+            audio_length_samples=end - origin,
+        )
+        regions = [(max(start, origin + int(r["start"])), origin + int(r["end"])) for r in found]
+        regions = [(a, b) for a, b in regions if b > a]
+        return self._end_at_last_speech(regions, probs, origin, end)
+
+    def _probabilities(self, frames: int) -> np.ndarray:
+        session = _model().session
+        while self._num_frames < frames:
+            block = next(self._blocks, None)
+            if block is None:
+                break
+            values, *state = session.run(["speech_probs", "hn", "cn"], {
+                "input": block, "h": self._state[0], "c": self._state[1]})
+            self._state = tuple(state)
+            self._probs.append(np.asarray(values, np.float32).reshape(-1))
+            self._num_frames += len(self._probs[-1])
+        if len(self._probs) > 1:
+            self._probs = [np.concatenate(self._probs)]
+        return self._probs[0] if self._probs else np.zeros(0, np.float32)
+
+    def _levelled_blocks(self) -> Iterator[np.ndarray]:
+        """Silero's input, a block at a time: (frames, CONTEXT + FRAME) arrays of the
+        levelled audio, each frame led by the previous frame's tail (zeros at first)."""
+        audio = self.audio
+        num_frames = -(-audio.size // FRAME)
+        for first in range(0, num_frames, BLOCK_FRAMES):
+            count = min(BLOCK_FRAMES, num_frames - first)
+            lo, hi = first * FRAME - CONTEXT, min(audio.size, (first + count) * FRAME)
+            samples = np.zeros(count * FRAME + CONTEXT, np.float32)
+            skip = max(0, -lo)
+            samples[skip : skip + hi - max(lo, 0)] = audio[max(lo, 0) : hi]
+            samples[skip : skip + hi - max(lo, 0)] *= level_gains(audio, max(lo, 0), hi)
+            windows = np.lib.stride_tricks.sliding_window_view(samples, CONTEXT + FRAME)
+            yield np.ascontiguousarray(windows[::FRAME])
+
+    def _end_at_last_speech(self, regions: list[tuple[int, int]], probs: np.ndarray,
+                            origin: int, end: int) -> list[tuple[int, int]]:
+        """Silero ends a region still open at the end of the audio there, even when the
+        speech stopped earlier and the pause was just shorter than min_silence: end it
+        at its last speech frame instead, so its timestamp is true."""
+        if not regions or regions[-1][1] < end:
+            return regions
+        start, _ = regions[-1]
+        speech = np.flatnonzero(probs >= self.options.threshold)
+        pad = self.options.speech_pad_ms * SAMPLE_RATE // 1000
+        last = min(end, origin + int(speech[-1] + 1) * FRAME + pad) if speech.size else end
+        return [*regions[:-1], (start, max(last, start + 1))]
+
+
+def level_gains(audio: np.ndarray, start: int, end: int) -> np.ndarray:
+    """The gain for each sample of ``audio[start:end]``: ``TARGET_LEVEL`` over the local
+    level, between 1 and ``MAX_GAIN``, changing smoothly from hop to hop. A function of
+    the position alone, so any two blocks agree where they overlap."""
+    hops = -(-audio.size // LEVEL_HOP)
+    first = max(0, start // LEVEL_HOP - 1)
+    last = min(hops, -(-end // LEVEL_HOP) + 1)
+    lo, hi = max(0, first - LEVEL_REACH), min(hops, last + LEVEL_REACH)
+    stretch = audio[lo * LEVEL_HOP : hi * LEVEL_HOP]
+    padded = np.zeros((hi - lo) * LEVEL_HOP, np.float32)  # the last hop may be short
+    padded[: stretch.size] = stretch
+    sizes = np.full(hi - lo, LEVEL_HOP)
+    sizes[-1] -= padded.size - stretch.size
+    rms = np.sqrt(np.einsum("ij,ij->i", *2 * [padded.reshape(-1, LEVEL_HOP)]) / sizes)
+    level = np.lib.stride_tricks.sliding_window_view(
+        np.pad(rms, LEVEL_REACH, mode="edge"), 2 * LEVEL_REACH + 1).max(axis=1)
+    gains = np.clip(TARGET_LEVEL / np.maximum(level, 1e-9), 1.0, MAX_GAIN).astype(np.float32)
+    # Linear from hop centre to hop centre (np.interp would search for every sample).
+    ramp = np.arange(LEVEL_HOP, dtype=np.float32) / LEVEL_HOP
+    between = (gains[:-1, None] + ramp * np.diff(gains)[:, None]).reshape(-1)
+    half = LEVEL_HOP // 2
+    curve = np.concatenate([np.full(half, gains[0]), between,
+                            np.full(LEVEL_HOP - half, gains[-1])])
+    return curve[start - lo * LEVEL_HOP : end - lo * LEVEL_HOP]
+
+
 def speech_regions(audio: np.ndarray, options: VadOptions) -> list[tuple[int, int]]:
     """[(start, end)] sample ranges of speech in 16 kHz mono audio."""
-    from silero_vad.sequence_vad import get_speech_timestamps_sequence
-
-    if len(audio) == 0:
-        return []
-    regions = get_speech_timestamps_sequence(
-        audio,
-        _model(),
-        threshold=options.threshold,
-        sampling_rate=SAMPLE_RATE,
-        min_speech_duration_ms=options.min_speech_ms,
-        min_silence_duration_ms=options.min_silence_ms,
-        speech_pad_ms=options.speech_pad_ms,
-    )
-    return [(int(r["start"]), int(r["end"])) for r in regions]
+    return SpeechDetector(audio, options).regions(0, len(audio))

@@ -103,16 +103,23 @@ def verbose(transcript: Transcript, granularities: frozenset[str]) -> VerboseTra
         language=language_name(transcript.language),
         duration=round(transcript.duration, 3),
         text=transcript.text,
-        segments=[verbose_segment(s) for s in transcript.segments] if with_segments else None,
+        segments=spoken_segments(transcript) if with_segments else None,
         words=[TranscriptionWord(word=w.word, start=round(w.start, 3), end=round(w.end, 3))
                for w in words] if words is not None else None,
         usage=duration_usage(transcript.usage),
     )
 
 
-def verbose_segment(segment: Segment) -> TranscriptionSegment:
+def spoken_segments(transcript: Transcript) -> list[TranscriptionSegment]:
+    """Segments with text, numbered in order. A stretch the VAD took for speech where the
+    model heard none is left out, as subtitles leave it out."""
+    spoken = [segment for segment in transcript.segments if segment.text]
+    return [verbose_segment(segment, k) for k, segment in enumerate(spoken)]
+
+
+def verbose_segment(segment: Segment, id: int) -> TranscriptionSegment:  # noqa: A002
     return TranscriptionSegment(
-        id=segment.id,
+        id=id,
         seek=frames(segment.start),
         start=round(segment.start, 3),
         end=round(segment.end, 3),

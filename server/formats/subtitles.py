@@ -6,7 +6,8 @@ segment's time is shared among its words by character count. Words are then
 packed into cues of at most ``MAX_LINES`` lines of ``MAX_LINE_CHARS`` characters,
 and a cue lasts from its first word's start to its last word's end. Real word
 timings (when alignment exists) replace ``interpolate_words`` as the source of
-pieces; ``pack_cues`` and the document writers take them unchanged.
+pieces, within the segment's own edges; ``pack_cues`` and the document writers take
+them unchanged.
 """
 
 from __future__ import annotations
@@ -84,9 +85,24 @@ def _segment_pieces(segments: Sequence[TimedText],
             yield interpolate_words(segment.start, segment.end, segment.text)
             continue
         count = len(segment.text.split())
-        yield [TimedPiece(w.start, w.end, (" " if i else "") + w.word)
-               for i, w in enumerate(words[cursor : cursor + count])]
+        pieces = [TimedPiece(w.start, w.end, (" " if i else "") + w.word)
+                  for i, w in enumerate(words[cursor : cursor + count])]
         cursor += count
+        yield _spanning(segment, pieces)
+
+
+def _spanning(segment: TimedText, pieces: list[TimedPiece]) -> list[TimedPiece]:
+    """The segment's aligned words, its first starting and its last ending with the segment:
+    the speech detector's edges of a speech run are the truer ones (a CTC alignment
+    starts a word at its first spike, tens of ms late, and may end it well before its
+    decay); the alignment places the breaks inside the run."""
+    if not pieces:
+        return pieces
+    first = pieces[0]
+    pieces[0] = TimedPiece(min(segment.start, first.end), first.end, first.text)
+    last = pieces[-1]
+    pieces[-1] = TimedPiece(last.start, max(segment.end, last.start), last.text)
+    return pieces
 
 
 def interpolate_words(start: float, end: float, text: str) -> list[TimedPiece]:

@@ -4,6 +4,8 @@ segments run at once, and they add up exactly to the stitched transcript."""
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -49,11 +51,14 @@ class ScriptedEngine:
             raise
 
 
-def fixed_length_plan(audio, options: PlanOptions) -> list[PlannedSegment]:
-    """Every max_segment_s of audio is a segment: no VAD, so zeros work as audio."""
+def fixed_length_plan(audio, options: PlanOptions) -> Iterator[list[PlannedSegment]]:
+    """Every max_segment_s of audio is a segment, two to a batch: no VAD, so zeros work
+    as audio."""
     step = int(options.max_segment_s * 16000)
-    return [PlannedSegment(lo, min(lo + step, audio.size), lo, min(lo + step, audio.size))
-            for lo in range(0, audio.size, step)]
+    segments = [PlannedSegment(lo, min(lo + step, audio.size), lo, min(lo + step, audio.size))
+                for lo in range(0, audio.size, step)]
+    for first in range(0, len(segments), 2):
+        yield segments[first : first + 2]
 
 
 def transcriber(engine, seconds: float) -> tuple[Transcriber, np.ndarray]:
@@ -128,12 +133,30 @@ async def test_audio_without_speech_makes_no_engine_call():
     assert transcript.usage.audio_tokens == 0 and transcript.usage.seconds == 5
 
 
-async def test_a_long_stream_plans_its_head_first_and_loses_nothing():
+async def test_a_long_stream_is_planned_in_windows_and_loses_nothing():
     texts = [f"w{i}a w{i}b" for i in range(10)]
     engine = ScriptedEngine(texts, [0.001] * 10)
     run, audio = transcriber(engine, 100)
-    head, rest_from = run._plan_head(audio, TranscriptionOptions())
-    assert [s.start // 16000 for s in head] == [0, 10] and rest_from == 20 * 16000
     *deltas, done = await collect(run.stream(audio, TranscriptionOptions()))
     assert "".join(d.text for d in deltas) == done.transcript.text == " ".join(texts)
     assert [s.start for s in done.transcript.segments] == [10.0 * i for i in range(10)]
+
+
+async def test_a_plain_request_submits_each_batch_before_planning_the_next():
+    engine = ScriptedEngine([f"w{i}" for i in range(10)], [0.001] * 10)
+    started_before_rest = []
+
+    def planner(audio, options):
+        first, *rest = fixed_length_plan(audio, options)
+        yield first
+        deadline = time.monotonic() + 5  # the planning thread waits for the engine
+        while len(engine.started) < len(first) and time.monotonic() < deadline:
+            time.sleep(0.001)
+        started_before_rest.append(len(engine.started))
+        for batch in rest:
+            yield batch
+
+    run = Transcriber(engine, Settings(model="m", max_segment_seconds=10), planner=planner)
+    transcript = await run.transcribe(np.zeros(100 * 16000, np.float32), TranscriptionOptions())
+    assert started_before_rest == [2]
+    assert transcript.text == " ".join(f"w{i}" for i in range(10))

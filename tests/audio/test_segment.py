@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import soxr
 
-from server.audio.segment import PlanOptions, plan_segments
-from server.audio.vad import VadOptions, speech_regions
+from server.audio.segment import PlanOptions, edge_margin, plan_in_windows, plan_segments
+from server.audio.vad import MAX_GAIN, SpeechDetector, VadOptions, level_gains, speech_regions
 from tests.audio_samples import synthesize_speech
 
 SR = 16000
@@ -121,6 +121,123 @@ def test_real_plan_keeps_phrases_apart_and_merges_the_short_one(utterances):
     assert len(segments) == 2, seconds(segments)
     assert abs(starts[0] - truth[0][0]) < 0.3
     assert abs(segments[-1].end / SR - truth[-1][1]) < 0.3
+
+
+def loudness_detector(audio, options=None):
+    """Speech wherever a sample isn't silent."""
+    loud = (audio != 0).astype(np.int8)
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], loud, [0]])))
+    return [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2])]
+
+
+class LoudnessWindows:
+    """``loudness_detector`` window by window, recording the windows asked for."""
+
+    def __init__(self, audio):
+        self.audio, self.windows = audio, []
+
+    def regions(self, start, end):
+        self.windows.append((start, end))
+        return [(a + start, b + start) for a, b in loudness_detector(self.audio[start:end])]
+
+
+def speech_and_pauses(seconds: float, seed: int) -> np.ndarray:
+    """Bursts of noise (0.3-12 s, a few of them over 30 s) between 0.2-3 s silences."""
+    rng = np.random.default_rng(seed)
+    pieces, total = [], 0
+    while total < seconds * SR:
+        speech = int(rng.choice([rng.uniform(0.3, 12), rng.uniform(30, 50)], p=[0.95, 0.05]) * SR)
+        pause = int(rng.uniform(0.2, 3.0) * SR) // 2 * 2
+        pieces += [np.zeros(pause, np.float32), rng.uniform(0.1, 1, speech).astype(np.float32)]
+        total += pause + speech
+    return np.concatenate(pieces)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_planning_in_windows_cuts_as_the_whole_file_plan(seed):
+    audio = speech_and_pauses(900, seed)
+    options = PlanOptions(max_segment_s=30)
+    whole = plan_segments(audio, options, detect=loudness_detector)
+    batches = list(plan_in_windows(audio, options, LoudnessWindows(audio)))
+    windowed = [s for batch in batches for s in batch]
+    assert len(batches) > 5, "a quarter hour is planned a window at a time"
+    assert [(s.start, s.end) for s in windowed] == [(s.start, s.end) for s in whole]
+    # A pause split between two windows may round its middle the other way.
+    for a, b in zip(windowed, whole):
+        assert abs(a.audio_start - b.audio_start) <= 1 and abs(a.audio_end - b.audio_end) <= 1
+
+
+def test_the_first_window_is_planned_from_the_first_half_minute():
+    audio = speech_and_pauses(600, 5)
+    detector = LoudnessWindows(audio)
+    first = next(plan_in_windows(audio, PlanOptions(), detector))
+    assert detector.windows == [(0, 30 * SR)] and first
+    assert first[-1].audio_end <= 30 * SR - edge_margin(PlanOptions())
+
+
+def test_silence_plans_no_window_with_segments():
+    silence = np.zeros(300 * SR, np.float32)
+    detector = LoudnessWindows(silence)
+    assert list(plan_in_windows(silence, PlanOptions(), detector)) == []
+    assert len(detector.windows) > 10
+
+
+@pytest.fixture(scope="module")
+def loud_and_quiet(tmp_path_factory) -> tuple[np.ndarray, list[tuple[float, bool]]]:
+    """Twelve phrases 1.5 s apart, every third one 33 dB quieter (peak 0.02, not 0.9),
+    over a faint noise floor; with each phrase's start and whether it is quiet."""
+    out: Path = tmp_path_factory.mktemp("levels")
+    import soundfile as sf
+
+    phrases = []
+    for i, text in enumerate(["seven three one four", "nine nine two eight five", "six zero one"]):
+        wav, rate = sf.read(synthesize_speech(text, out / f"{i}.wav"), dtype="float32")
+        wav = soxr.resample(wav, rate, SR)
+        loud = np.flatnonzero(np.abs(wav) > 0.02)
+        phrases.append(wav[loud[0] : loud[-1] + 1] / np.abs(wav).max())
+    pieces, truth, t = [], [], 0
+    for k in range(12):
+        quiet = k % 3 == 0
+        phrase = (phrases[k % 3] * (0.02 if quiet else 0.9)).astype(np.float32)
+        pieces += [np.zeros(int(1.5 * SR), np.float32), phrase]
+        t += int(1.5 * SR)
+        truth.append((t / SR, quiet))
+        t += phrase.size
+    noise = np.random.default_rng(0).normal(0, 1e-4, t).astype(np.float32)
+    return np.concatenate(pieces) + noise, truth
+
+
+def test_a_quiet_speaker_after_loud_ones_is_still_speech(loud_and_quiet):
+    """Silero's state, left to itself, takes the quiet phrases for background here."""
+    audio, truth = loud_and_quiet
+    found = [start / SR for start, _ in speech_regions(audio, VadOptions())]
+    for start, quiet in truth:
+        assert min(abs(start - f) for f in found) < 0.3, (start, quiet)
+    assert len(found) == len(truth)
+
+
+def test_levelling_leaves_loud_audio_alone_and_caps_the_gain():
+    rng = np.random.default_rng(0)
+    loud = rng.normal(0, 0.3, 20 * SR).astype(np.float32)
+    assert np.all(level_gains(loud, 0, loud.size) == 1.0)
+    faint = rng.normal(0, 1e-4, 20 * SR).astype(np.float32)
+    assert np.allclose(level_gains(faint, 0, faint.size), MAX_GAIN)
+    mixed = np.concatenate([loud, faint])
+    whole = level_gains(mixed, 0, mixed.size)
+    for start, end in [(0, 12345), (5 * SR, 27 * SR + 17), (30 * SR, mixed.size)]:
+        assert np.array_equal(level_gains(mixed, start, end), whole[start:end])
+
+
+def test_silero_windows_hear_the_file_as_a_whole(utterances):
+    """Its state runs through the file: a window sees what the whole-file pass sees."""
+    audio, _ = utterances
+    long_audio = np.tile(audio, 4)
+    whole = speech_regions(long_audio, VadOptions())
+    detector = SpeechDetector(long_audio, VadOptions())
+    half = long_audio.size // 2
+    windowed = detector.regions(0, half) + detector.regions(half, long_audio.size)
+    inner = [r for r in whole if r[1] < half - SR or r[0] > half + SR]
+    assert all(r in windowed for r in inner)
 
 
 def test_noise_and_silence_have_no_speech():

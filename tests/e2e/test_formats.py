@@ -51,8 +51,9 @@ async def test_verbose_json_through_the_sdk(server_url, speech_files):
         model=MODEL, file=("speech.m4a", speech_files["m4a"]), response_format="verbose_json",
         timestamp_granularities=["segment"], language="en")
     assert (result.task, result.language) == ("transcribe", "english")
-    assert result.segments[0].start == 0
-    assert result.segments[-1].end == pytest.approx(result.duration, abs=0.01)
+    # The speech runs from the file's first tenth of a second to its last.
+    assert 0 <= result.segments[0].start < 0.1
+    assert result.duration - 0.5 < result.segments[-1].end <= result.duration
     assert " ".join(s.text for s in result.segments if s.text) == result.text
     assert all(s.avg_logprob <= 0 for s in result.segments)
     assert result.usage.seconds == pytest.approx(result.duration, abs=0.01)

@@ -167,6 +167,15 @@ def test_verbose_json_without_segments_or_text():
     TranscriptionVerbose.model_validate(data)
 
 
+def test_verbose_json_leaves_out_segments_the_model_heard_nothing_in():
+    silent = Segment(id=1, start=1.5, end=1.7, text="", token_ids=[2], logprobs=[],
+                     temperature=0.0)
+    moved = Segment(**{**SEGMENTS[1].__dict__, "id": 2})
+    data = body(render(transcript(segments=[SEGMENTS[0], silent, moved]), "verbose_json"))
+    assert [(s["id"], s["text"]) for s in data["segments"]] == [
+        (0, "Hello there."), (1, "Café au lait, au lait, au lait.")]
+
+
 @pytest.mark.parametrize(("code", "name"), [
     ("en", "english"), ("fr", "french"), ("de", "german"), ("es", "spanish"),
     ("pt", "portuguese"), ("ja", "japanese"), ("it", "italian"), ("zh", "chinese"),

@@ -178,3 +178,17 @@ def test_pieces_with_their_own_times_set_cue_times():
     cues = pack_cues(pieces, max_chars=12, max_lines=1)
     assert [(c.start, c.end, c.lines) for c in cues] == [
         (0.0, 1.5, ("Alpha bravo",)), (2.0, 2.5, ("charlie",)), (3.0, 4.5, ("delta echo",))]
+
+
+def test_aligned_words_break_cues_inside_the_segment_edges():
+    from server.asr.align import WordTiming
+
+    # The alignment starts the first word late and ends the last one early, as CTC does.
+    segment = seg(10.0, 26.0, " ".join(["seventeen twenty-three"] * 8))
+    words = [WordTiming(w, 10.2 + i, 10.6 + i)
+             for i, w in enumerate(segment.text.split())]
+    cues = cues_from_segments([segment], words)
+    assert len(cues) >= 2
+    assert cues[0].start_ms == 10_000 and cues[-1].end_ms == 26_000
+    words_in_first = len(" ".join(cues[0].lines).split())
+    assert cues[1].start_ms == round(1000 * words[words_in_first].start)
