@@ -23,9 +23,9 @@ from server.audio.vad import SpeechDetector, VadOptions, speech_regions
 QUIET_WINDOW = SAMPLE_RATE // 20
 """Energy is compared over 50 ms windows when looking for the quietest cut."""
 
-FIRST_WINDOW_S = 30.0
+FIRST_WINDOW_S = 10.0
 """A long file is planned in windows, the first this long: its segments go to the
-engine after the VAD has seen half a minute, not the whole file."""
+engine after the VAD has seen ten seconds, not the whole file."""
 MAX_WINDOW_S = 240.0
 """Later windows double up to this, so the overlap re-analysed at each edge stays small."""
 

@@ -20,8 +20,8 @@ FRAME = 512
 """Samples per Silero frame at 16 kHz."""
 CONTEXT = 64
 """Samples of the previous frame Silero sees before each frame."""
-BLOCK_FRAMES = 512
-"""Frames per ONNX call (~16 s)."""
+BLOCK_FRAMES = 256
+"""Frames per ONNX call (~8 s): few calls, and a first window is ready soon."""
 
 LEVEL_HOP = SAMPLE_RATE // 4
 """The level is measured as the RMS of 250 ms hops..."""
