@@ -132,6 +132,7 @@ async def test_half_an_hour_in_bounded_memory(http):
         watcher.cancel()
     assert body["duration"] >= 1800
     pcm_bytes = audio.size * 4  # float32 at 16 kHz: what the server decodes to
-    assert peak - baseline < 2.5 * pcm_bytes, f"grew {(peak - baseline) / 2**20:.0f} MiB"
+    # Measured: 213 MiB for 110 MiB of PCM (the upload's bytes while decoding, the samples).
+    assert peak - baseline < 2.2 * pcm_bytes, f"grew {(peak - baseline) / 2**20:.0f} MiB"
     reference = " ".join(p.text for p in placed)
     assert word_error_rate([reference], [body["text"]]) < 0.05
