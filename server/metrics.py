@@ -14,11 +14,15 @@ doesn't count as processing time.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from server.asr.transcriber import Transcript
 
 PREFIX = "granite_speech"
 NO_FORMAT = "none"
@@ -64,6 +68,10 @@ class Metrics:
         self.segments = Histogram(
             f"{PREFIX}_segments_per_request", "Audio segments the model transcribed per "
             "completed request.", ["endpoint"], buckets=SEGMENT_BUCKETS, registry=registry)
+        self.output_tokens = Counter(
+            f"{PREFIX}_output_tokens", "Tokens of the completed transcripts, by source: "
+            "decoded one by one by the LLM, or taken from a CTC draft the LLM verified "
+            "(--speculative-ctc).", ["endpoint", "source"], registry=registry)
         self.time_to_first_delta = Histogram(
             f"{PREFIX}_time_to_first_delta_seconds", "Streaming: time from the upload being "
             "received to the first text delta.", ["endpoint"], buckets=FIRST_DELTA_BUCKETS,
@@ -88,10 +96,15 @@ class Metrics:
         self.requests.labels(*labels).inc()
         self.request_duration.labels(*labels).observe(seconds)
 
-    def observe_transcript(self, endpoint: str, audio_seconds: float, segments: int,
+    def observe_transcript(self, endpoint: str, transcript: Transcript,
                            processing_seconds: float) -> None:
+        audio_seconds = transcript.duration
         self.audio_transcribed.labels(endpoint).inc(audio_seconds)
-        self.segments.labels(endpoint).observe(segments)
+        self.segments.labels(endpoint).observe(len(transcript.segments))
+        usage = transcript.usage
+        self.output_tokens.labels(endpoint, "decoded").inc(
+            usage.output_tokens - usage.drafted_tokens)
+        self.output_tokens.labels(endpoint, "ctc_draft").inc(usage.drafted_tokens)
         if audio_seconds > 0:
             self.real_time_factor.labels(endpoint).observe(processing_seconds / audio_seconds)
 

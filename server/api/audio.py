@@ -205,8 +205,7 @@ async def respond(request: Request, state: AppState, transcriber: Transcriber, f
                                  media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})
     transcript = await within(context.deadline, transcriber.transcribe(audio, options))
-    state.metrics.observe_transcript(context.endpoint, transcript.duration,
-                                     len(transcript.segments),
+    state.metrics.observe_transcript(context.endpoint, transcript,
                                      asyncio.get_running_loop().time() - received)
     return render(transcript, response_format, include_logprobs=include_logprobs,
                   timestamp_granularities=granularities)
@@ -257,9 +256,7 @@ async def observed(events: AsyncIterator[TranscriptEvent], metrics: Metrics, end
                 first_delta = False
                 metrics.time_to_first_delta.labels(endpoint).observe(loop.time() - received)
             elif isinstance(event, Finished):
-                transcript = event.transcript
-                metrics.observe_transcript(endpoint, transcript.duration,
-                                           len(transcript.segments), loop.time() - received)
+                metrics.observe_transcript(endpoint, event.transcript, loop.time() - received)
             yield event
     finally:
         await events.aclose()
