@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from loadtest.corpus import Recording, Request, recordings, requests
+from loadtest.corpus import KINDS, Recording, Request, recordings, requests
 from loadtest.long_audio import first_text
 from loadtest.servers import our_command, running, vllm_command
 
@@ -141,12 +141,14 @@ def summarize(server: str, concurrency: int, outcomes: list[Outcome], wall_s: fl
     )
 
 
-async def bench(url: str, model: str, server: str, work: list[Request], levels: list[int],
+async def bench(url: str, model: str, server: str, warm_up: Request,
+                works: list[list[Request]], levels: list[int],
                 duration_s: float | None) -> list[LevelResult]:
+    """Each level its own work: no level replays audio an earlier one cached."""
     results = []
-    async with httpx.AsyncClient(base_url=url, timeout=600) as client:  # warm-up
-        await send(client, model, work[0])
-    for concurrency in levels:
+    async with httpx.AsyncClient(base_url=url, timeout=600) as client:
+        await send(client, model, warm_up)
+    for concurrency, work in zip(levels, works):
         start = time.perf_counter()
         outcomes = await run_level(url, model, work, concurrency, duration_s, server)
         results.append(summarize(server, concurrency, outcomes, time.perf_counter() - start))
@@ -236,8 +238,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     levels = [int(c) for c in args.concurrency.split(",")]
-    recs: list[Recording] = recordings(args.seed)
-    work = requests(recs, args.requests, seed=args.seed, comparable=args.compare_vllm)
+    # A recording per request: every level gets its own share of the corpus.
+    per_kind = -(-args.requests * len(levels) // len(KINDS))
+    print(f"making the corpus: {per_kind * len(KINDS)} recordings...", flush=True)
+    recs: list[Recording] = recordings(args.seed, per_kind=per_kind)
+    works = [requests(recs[k :: len(levels)], args.requests, seed=args.seed + k,
+                      comparable=args.compare_vllm) for k in range(len(levels))]
+    warm_up = requests(recordings(args.seed + 1, per_kind=1), 1, comparable=True)[0]
     args.out.mkdir(parents=True, exist_ok=True)
     results: list[LevelResult] = []
     if args.compare_vllm:
@@ -248,13 +255,13 @@ def main(argv: list[str] | None = None) -> int:
         ]:
             log = args.out / f"{server}.log"
             with running(command(args.model, args.port, []), ready, args.port, log) as proc:
-                results += asyncio.run(bench(proc.url, model, server, work, levels,
-                                             args.duration))
+                results += asyncio.run(bench(proc.url, model, server, warm_up, works,
+                                             levels, args.duration))
     else:
         if not args.url:
             parser.error("--url is required without --compare-vllm")
-        results = asyncio.run(bench(args.url, args.model, "granite-speech-server", work,
-                                    levels, args.duration))
+        results = asyncio.run(bench(args.url, args.model, "granite-speech-server", warm_up,
+                                    works, levels, args.duration))
 
     ratio_rows = ratios(results)
     report = {"corpus": [{"name": r.name, "seconds": r.seconds} for r in recs],

@@ -76,11 +76,16 @@ def requests(recs: list[Recording], count: int, *, seed: int = 0,
              comparable: bool = False) -> list[Request]:
     """``count`` requests over the recordings: 40% streamed, 15% translations, the rest
     in assorted formats. ``comparable`` keeps to what vLLM's own endpoint serves for
-    Granite (json transcriptions, plain or streamed), for side-by-side runs."""
+    Granite (json transcriptions, plain or streamed), for side-by-side runs.
+
+    Recordings are used in a shuffled round: with at least ``count`` of them, no request
+    repeats another's audio (vLLM caches encoder outputs and KV by audio content, so a
+    repeat costs the engine almost nothing and would flatter whoever repeats most)."""
     rng = random.Random(seed)
+    order = rng.sample(recs, len(recs))
     made = []
-    for _ in range(count):
-        rec = rng.choice(recs)
+    for i in range(count):
+        rec = order[i % len(order)]
         roll = rng.random()
         if not comparable and roll < 0.15:
             made.append(Request(rec, "translations", False, "json",

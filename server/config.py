@@ -118,6 +118,13 @@ class Settings(BaseSettings):
         None, ge=1, description="Most sequences the engine batches at once (vLLM default if unset)."
     )
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs to shard the model over.")
+    mm_processor_cache_gib: float = Field(
+        0,
+        ge=0,
+        description="vLLM's cache of processed audio inputs, in GiB, held once in the server "
+        "and once in the engine core. Uploads rarely repeat, so it is off: on, it only grows "
+        "memory (by up to twice this; vLLM's own default is 4).",
+    )
     cpu_kv_cache_gib: int = Field(
         2,
         ge=1,

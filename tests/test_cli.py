@@ -92,3 +92,12 @@ def test_bad_limits_are_refused_without_echoing_keys():
     assert result.returncode != 0
     assert "max_inflight_audio_seconds" in result.stderr
     assert "sk-secret-123" not in result.stderr
+
+
+def test_vllm_caches_no_processed_audio_unless_asked():
+    """vLLM keeps 4 GiB of processed inputs per process by default; uploads rarely repeat,
+    so the cache would only grow the server's memory (seen in a soak: +23% in 4 minutes)."""
+    from server.asr.engine import engine_args
+
+    assert engine_args(Settings(model="m")).mm_processor_cache_gb == 0
+    assert engine_args(Settings(model="m", mm_processor_cache_gib=1)).mm_processor_cache_gb == 1

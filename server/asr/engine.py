@@ -140,6 +140,7 @@ def engine_args(settings: Settings):
         tensor_parallel_size=settings.tensor_parallel_size,
         enforce_eager=settings.enforce_eager,
         limit_mm_per_prompt={"audio": 1},
+        mm_processor_cache_gb=settings.mm_processor_cache_gib,
         # Our plugin's class: vLLM's own Granite processor needs torchaudio.
         hf_overrides={"architectures": [ARCHITECTURE]},
         disable_log_stats=True,

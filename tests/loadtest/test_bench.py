@@ -29,7 +29,7 @@ async def test_bench_measures_throughput_latency_and_first_delta(server_url, sho
     work = [Request(short_recording, "transcriptions", stream, "json")
             for stream in (True, False, True, False)]
     results = await bench.bench(server_url, "tiny-granite-speech", "granite-speech-server",
-                                work, [1, 2], None)
+                                work[0], [work, work], [1, 2], None)
     assert [r.concurrency for r in results] == [1, 2]
     for result in results:
         assert result.requests == 4 and result.errors == {}
@@ -49,6 +49,8 @@ def test_corpus_mixes_kinds_formats_and_modes():
     assert any(r.stream for r in mixed) and any(not r.stream for r in mixed)
     comparable = requests(recs, 60, comparable=True)
     assert {(r.endpoint, r.response_format) for r in comparable} == {("transcriptions", "json")}
+    unique = requests(recs, len(recs))
+    assert len({id(r.recording) for r in unique}) == len(recs), "no audio repeats"
 
 
 async def test_locust_runs_the_workload_headless(server_url):
