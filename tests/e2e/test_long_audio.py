@@ -64,7 +64,7 @@ async def test_long_file_wer_is_within_a_point_of_the_same_clips_sent_alone(
     assert len(verbose["segments"]) >= len(placed) * 0.9, "cut in the pauses, not in blocks"
 
 
-def test_segment_timestamps_sit_on_the_true_speech_boundaries(recording, verbose):
+async def test_segment_timestamps_sit_on_the_true_speech_boundaries(recording, verbose):
     _, placed = recording
     assert_on_speech_edges([(s["start"], s["end"]) for s in verbose["segments"]], placed)
 
