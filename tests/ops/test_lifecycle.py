@@ -70,7 +70,10 @@ def json_log_lines(text: str) -> list[dict]:
 
 def test_sigterm_drains_finishes_in_flight_work_and_exits_zero(model_dir, tmp_path, speech,
                                                                keys_in_env):
-    upload = long_speech_wav(speech, 480)
+    # Long enough to outlast the 3 s shutdown delay on a fast machine: ~750 two-second
+    # segments, several seconds of work for the test model.
+    seconds = 1500
+    upload = long_speech_wav(speech, seconds)
     with server_process(model_dir, tmp_path, *ARGS) as server:
         running = in_background(post, server.url, upload)
         wait_for_metric(server.url, lambda s: value(s, "granite_speech_inflight_requests") == 1)
@@ -97,7 +100,7 @@ def test_sigterm_drains_finishes_in_flight_work_and_exits_zero(model_dir, tmp_pa
 
         response = running.result(timeout=120)
         assert response.status_code == 200, response.text
-        assert response.json()["usage"]["seconds"] == pytest.approx(480, abs=0.01)
+        assert response.json()["usage"]["seconds"] == pytest.approx(seconds, abs=0.01)
         assert server.wait(timeout=90) == 0
         logs = server.logs()
     entries = json_log_lines(logs)
@@ -117,7 +120,10 @@ def engine_core(server_pid: int) -> psutil.Process:
 
 def test_engine_death_fails_the_request_with_503_and_the_process_exits_nonzero(
         model_dir, tmp_path, speech, keys_in_env):
-    upload = long_speech_wav(speech, 480)
+    # Long enough to outlast the 3 s shutdown delay on a fast machine: ~750 two-second
+    # segments, several seconds of work for the test model.
+    seconds = 1500
+    upload = long_speech_wav(speech, seconds)
     with server_process(model_dir, tmp_path, *ARGS) as server:
         running = in_background(post, server.url, upload)
         wait_for_metric(server.url, lambda s: value(
