@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import Scope
 
-from server import lifecycle
+from server import lifecycle, memory
 from server.api import audio, health, models
 from server.api.auth import OPEN_PATHS, ApiKeys, AuthMiddleware
 from server.api.context import RequestContextMiddleware
@@ -43,7 +43,8 @@ def create_app(settings: Settings, engine: SpeechEngine | None = None) -> FastAP
         log.info("API keys: %s", f"{len(keys)} configured" if keys.enabled else
                  "none (no authentication)")
         tasks = [asyncio.create_task(_bring_up(state, own_engine=engine is None)),
-                 asyncio.create_task(lifecycle.watch_engine(state))]
+                 asyncio.create_task(lifecycle.watch_engine(state)),
+                 asyncio.create_task(memory.trim_heap_periodically(memory.libc_malloc_trim()))]
         try:
             yield
         finally:
