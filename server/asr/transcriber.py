@@ -31,6 +31,7 @@ from server.config import Settings
 
 Task = Literal["transcribe", "translate"]
 
+
 @dataclass(frozen=True)
 class TranscriptionOptions:
     task: Task = "transcribe"
@@ -59,7 +60,6 @@ class TranscriptionOptions:
 
 @dataclass(frozen=True)
 class Segment:
-    id: int
     start: float
     end: float
     text: str
@@ -340,7 +340,6 @@ class Transcriber:
                 options: TranscriptionOptions, num_samples: int) -> Transcript:
         segments = [
             Segment(
-                id=i,
                 start=planned.start / SAMPLE_RATE,
                 end=planned.end / SAMPLE_RATE,
                 text=result.text.strip(),
@@ -348,7 +347,7 @@ class Transcriber:
                 logprobs=result.logprobs,
                 temperature=options.temperature,
             )
-            for i, (planned, result) in enumerate(zip(plan.segments, results))
+            for planned, result in zip(plan.segments, results)
         ]
         usage = Usage(
             audio_tokens=sum(audio_token_count(r.audio.size) for r in plan.requests),

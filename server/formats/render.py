@@ -114,12 +114,12 @@ def spoken_segments(transcript: Transcript) -> list[TranscriptionSegment]:
     """Segments with text, numbered in order. A stretch the VAD took for speech where the
     model heard none is left out, as subtitles leave it out."""
     spoken = [segment for segment in transcript.segments if segment.text]
-    return [verbose_segment(segment, k) for k, segment in enumerate(spoken)]
+    return [verbose_segment(segment, number) for number, segment in enumerate(spoken)]
 
 
-def verbose_segment(segment: Segment, id: int) -> TranscriptionSegment:  # noqa: A002
+def verbose_segment(segment: Segment, number: int) -> TranscriptionSegment:
     return TranscriptionSegment(
-        id=id,
+        id=number,
         seek=frames(segment.start),
         start=round(segment.start, 3),
         end=round(segment.end, 3),

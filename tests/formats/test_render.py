@@ -47,9 +47,9 @@ def lp(token: str, logprob: float) -> TokenLogprob:
 
 
 SEGMENTS = [
-    Segment(id=0, start=0.0, end=1.23, text="Hello there.", token_ids=[11, 12, 13],
+    Segment(start=0.0, end=1.23, text="Hello there.", token_ids=[11, 12, 13],
             logprobs=[lp("Hello", -0.1), lp(" there", -0.2), lp(".", -0.3)], temperature=0.0),
-    Segment(id=1, start=1.23, end=12.3456, text="Café au lait, au lait, au lait.",
+    Segment(start=1.23, end=12.3456, text="Café au lait, au lait, au lait.",
             token_ids=[21, 22], logprobs=[lp(" Caf", -1.0), lp("é", -2.0)], temperature=0.0),
 ]
 
@@ -168,10 +168,9 @@ def test_verbose_json_without_segments_or_text():
 
 
 def test_verbose_json_leaves_out_segments_the_model_heard_nothing_in():
-    silent = Segment(id=1, start=1.5, end=1.7, text="", token_ids=[2], logprobs=[],
+    silent = Segment(start=1.5, end=1.7, text="", token_ids=[2], logprobs=[],
                      temperature=0.0)
-    moved = Segment(**{**SEGMENTS[1].__dict__, "id": 2})
-    data = body(render(transcript(segments=[SEGMENTS[0], silent, moved]), "verbose_json"))
+    data = body(render(transcript(segments=[SEGMENTS[0], silent, SEGMENTS[1]]), "verbose_json"))
     assert [(s["id"], s["text"]) for s in data["segments"]] == [
         (0, "Hello there."), (1, "Café au lait, au lait, au lait.")]
 

@@ -27,8 +27,8 @@ LONG = (
 JAPANESE = "今日はとても良い天気ですね。明日も晴れるといいのですが、天気予報によると雨が降るそうです。" * 2
 
 
-def seg(start: float, end: float, text: str, i: int = 0) -> Segment:
-    return Segment(id=i, start=start, end=end, text=text, token_ids=[], logprobs=[],
+def seg(start: float, end: float, text: str) -> Segment:
+    return Segment(start=start, end=end, text=text, token_ids=[], logprobs=[],
                    temperature=0.0)
 
 
@@ -53,7 +53,7 @@ def assert_well_formed(times: list[tuple[int, int]]) -> None:
 
 
 def test_srt_one_cue_per_segment():
-    document = to_srt([seg(0, 2.5, "Hello there."), seg(2.5, 4.25, "General Kenobi.", 1)])
+    document = to_srt([seg(0, 2.5, "Hello there."), seg(2.5, 4.25, "General Kenobi.")])
     assert document == (
         "1\n00:00:00,000 --> 00:00:02,500\nHello there.\n\n"
         "2\n00:00:02,500 --> 00:00:04,250\nGeneral Kenobi.\n\n"
@@ -64,7 +64,7 @@ def test_srt_one_cue_per_segment():
 
 
 def test_vtt_one_cue_per_segment():
-    document = to_vtt([seg(0, 2.5, "Hello there."), seg(2.5, 4.25, "General Kenobi.", 1)])
+    document = to_vtt([seg(0, 2.5, "Hello there."), seg(2.5, 4.25, "General Kenobi.")])
     assert document == (
         "WEBVTT\n\n"
         "00:00:00.000 --> 00:00:02.500\nHello there.\n\n"
@@ -89,7 +89,7 @@ def test_long_timestamps(start, stamp):
 
 
 def test_empty_segments_are_skipped():
-    segments = [seg(0, 1, "One."), seg(1, 2, "", 1), seg(2, 3, "  \n ", 2), seg(3, 4, "Two.", 3)]
+    segments = [seg(0, 1, "One."), seg(1, 2, ""), seg(2, 3, "  \n "), seg(3, 4, "Two.")]
     subs = parse_srt(to_srt(segments))
     assert [(s.index, s.content) for s in subs] == [(1, "One."), (2, "Two.")]
     assert [c.text for c in parse_vtt(to_vtt(segments))] == ["One.", "Two."]
@@ -120,7 +120,7 @@ def test_long_text_splits_into_cues_with_proportional_times():
 
 
 def test_srt_splits_the_same_way():
-    segments = [seg(0, 5, "Short."), seg(5, 30, LONG, 1)]
+    segments = [seg(0, 5, "Short."), seg(5, 30, LONG)]
     subs = parse_srt(to_srt(segments))
     vtt = parse_vtt(to_vtt(segments))
     assert [s.index for s in subs] == list(range(1, len(subs) + 1))
@@ -153,8 +153,8 @@ def test_short_japanese_stays_whole():
 
 def test_cues_never_overlap_or_vanish():
     # Overlapping, zero-length and backwards segments still give a valid document.
-    segments = [seg(0, 2, "one"), seg(1.5, 3, "two", 1), seg(3, 3, "three", 2),
-                seg(5, 4, "four", 3), seg(-1, 0.5, "five", 4)]
+    segments = [seg(0, 2, "one"), seg(1.5, 3, "two"), seg(3, 3, "three"),
+                seg(5, 4, "four"), seg(-1, 0.5, "five")]
     for times in (
         [(ms(s.start), ms(s.end)) for s in parse_srt(to_srt(segments))],
         [(ms(c.start_time), ms(c.end_time)) for c in parse_vtt(to_vtt(segments))],
