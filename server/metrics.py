@@ -56,7 +56,8 @@ class Metrics:
             f"{PREFIX}_request_duration_seconds", "Time from the request's first byte to the "
             "response's last byte.", request_labels, buckets=LATENCY_BUCKETS, registry=registry)
         self.audio_received = Counter(
-            f"{PREFIX}_audio_received_seconds", "Duration of the audio decoded from uploads.",
+            f"{PREFIX}_audio_received_seconds", "Duration of the audio in uploads (as the "
+            "container declares it, for a long upload still decoding).",
             ["endpoint"], registry=registry)
         self.audio_transcribed = Counter(
             f"{PREFIX}_audio_transcribed_seconds", "Duration of the audio whose transcript "

@@ -99,6 +99,14 @@ def with_video(src: Path, dst: Path) -> Path:
     return dst
 
 
+def flac_declaring(data: bytes, total_samples: int) -> bytes:
+    """A FLAC file whose STREAMINFO claims ``total_samples`` (0 means "unknown")."""
+    assert data[:4] == b"fLaC"
+    fields = int.from_bytes(data[18:26], "big")
+    fields = (fields & ~((1 << 36) - 1)) | total_samples
+    return data[:18] + fields.to_bytes(8, "big") + data[26:]
+
+
 def ffmpeg(*args: str) -> None:
     _run([require_tool("ffmpeg"), "-hide_banner", "-loglevel", "error", "-y", *args])
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncIterator, Iterator
 from typing import Annotated
 
-import numpy as np
 from fastapi import APIRouter, Form, Request, UploadFile
 from fastapi.responses import Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
@@ -40,7 +40,7 @@ from server.asr.transcriber import (
     TranscriptEvent,
     TranscriptionOptions,
 )
-from server.audio.decode import decode_audio
+from server.audio.decode import HEAD_S, DecodedAudio, decode_audio
 from server.audio.probe import probe_format
 from server.errors import InvalidRequest, ServerError, TooMuchAudioInFlight, UploadTooLarge
 from server.formats.render import render
@@ -195,23 +195,31 @@ async def respond(request: Request, state: AppState, transcriber: Transcriber, f
     context = request_context(request)
     context.response_format = "sse" if stream else response_format
     received = asyncio.get_running_loop().time()  # the upload is in: processing starts
-    audio = await within(context.deadline, decode_upload(state, file, context))
-    admit_audio(request, state.metrics, context.audio_seconds)
+    decoded = await within(context.deadline, decode_upload(state, file, context))
+    try:
+        admit_audio(request, state.metrics, context.audio_seconds)
+    except TooMuchAudioInFlight:
+        decoded.audio.close()
+        raise
     if stream:
-        events = transcriber.stream(audio, options)
+        events = transcriber.stream(decoded.audio, options)
         events = observed(iterate_within(context.deadline, events), state.metrics,
-                          context.endpoint, received)
+                          context.endpoint, received, decoded)
         return StreamingResponse(sse_stream(events, include_logprobs=include_logprobs),
                                  media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})
-    transcript = await within(context.deadline, transcriber.transcribe(audio, options))
+    with counting_late_decode_failure(state.metrics, decoded):
+        transcript = await within(context.deadline,
+                                  transcriber.transcribe(decoded.audio, options))
     state.metrics.observe_transcript(context.endpoint, transcript,
                                      asyncio.get_running_loop().time() - received)
     return render(transcript, response_format, include_logprobs=include_logprobs,
                   timestamp_granularities=granularities)
 
 
-async def decode_upload(state: AppState, file: UploadFile, context: RequestContext) -> np.ndarray:
+async def decode_upload(state: AppState, file: UploadFile,
+                        context: RequestContext) -> DecodedAudio:
+    """The upload's audio: its head decoded, the rest of a long file still decoding."""
     settings = state.settings
     data = await file.read(settings.max_upload_bytes + 1)
     await file.close()  # its spooled copy isn't needed once the bytes are in memory
@@ -220,16 +228,28 @@ async def decode_upload(state: AppState, file: UploadFile, context: RequestConte
         raise UploadTooLarge(f"The upload exceeds the limit of {settings.max_upload_mb:g} MB.")
     try:
         decoded = await run_in_threadpool(
-            decode_audio, data,
+            decode_audio, data, head_s=HEAD_S,
             max_duration_s=settings.max_audio_seconds, min_duration_s=settings.min_audio_seconds,
         )
     except ServerError as exc:
         container, codec = await run_in_threadpool(probe_format, data)
         state.metrics.decode_failures.labels(container, codec, exc.code or "unknown").inc()
         raise
-    context.audio_seconds = decoded.duration_s
-    state.metrics.audio_received.labels(context.endpoint).inc(decoded.duration_s)
-    return decoded.samples
+    context.audio_seconds = decoded.expected_duration_s
+    state.metrics.audio_received.labels(context.endpoint).inc(decoded.expected_duration_s)
+    return decoded
+
+
+@contextlib.contextmanager
+def counting_late_decode_failure(metrics: Metrics, decoded: DecodedAudio) -> Iterator[None]:
+    """A long upload that turns out broken after its head counts as a decode failure too."""
+    try:
+        yield
+    except ServerError as exc:
+        if exc is decoded.audio.error:
+            metrics.decode_failures.labels(decoded.source_format, decoded.codec,
+                                           exc.code or "unknown").inc()
+        raise
 
 
 def admit_audio(request: Request, metrics: Metrics, seconds: float) -> None:
@@ -245,18 +265,19 @@ def admit_audio(request: Request, metrics: Metrics, seconds: float) -> None:
 
 
 async def observed(events: AsyncIterator[TranscriptEvent], metrics: Metrics, endpoint: str,
-                   received: float) -> AsyncIterator[TranscriptEvent]:
-    """The events, unchanged; records the time to the first delta and the finished
-    transcript's metrics as they pass."""
+                   received: float, decoded: DecodedAudio) -> AsyncIterator[TranscriptEvent]:
+    """The events, unchanged; records the time to the first delta, the finished
+    transcript's metrics and a late decode failure as they pass."""
     loop = asyncio.get_running_loop()
     first_delta = True
     try:
-        async for event in events:
-            if first_delta and isinstance(event, TextDelta):
-                first_delta = False
-                metrics.time_to_first_delta.labels(endpoint).observe(loop.time() - received)
-            elif isinstance(event, Finished):
-                metrics.observe_transcript(endpoint, event.transcript, loop.time() - received)
-            yield event
+        with counting_late_decode_failure(metrics, decoded):
+            async for event in events:
+                if first_delta and isinstance(event, TextDelta):
+                    first_delta = False
+                    metrics.time_to_first_delta.labels(endpoint).observe(loop.time() - received)
+                elif isinstance(event, Finished):
+                    metrics.observe_transcript(endpoint, event.transcript, loop.time() - received)
+                yield event
     finally:
         await events.aclose()

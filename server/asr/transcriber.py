@@ -25,6 +25,7 @@ from server.asr.engine import SegmentRequest, SegmentResult, SpeechEngine, Token
 from server.asr.speculative import accepted_prefix, ctc_draft
 from server.asr.stitch import UNSPACED_LANGUAGES, join_texts
 from server.audio.features import SAMPLE_RATE, audio_token_count
+from server.audio.progressive import DecodingAudio
 from server.audio.segment import PlannedSegment, Planner, PlanOptions, plan_in_windows
 from server.audio.vad import VadOptions
 from server.config import Settings
@@ -141,12 +142,16 @@ class Transcriber:
     def speculative(self) -> bool:
         return self.settings.speculative_ctc and self.ctc is not None
 
-    async def transcribe(self, audio: np.ndarray, options: TranscriptionOptions) -> Transcript:
+    async def transcribe(self, audio: np.ndarray | DecodingAudio,
+                         options: TranscriptionOptions) -> Transcript:
+        """The whole transcript. ``audio`` may still be decoding: its plan starts on
+        what is there, and decoding stops if the request ends first."""
+        source = DecodingAudio.of(audio)
         plan = _Plan([], [], [])
         runs: list[asyncio.Task] = []
         posteriors: list[np.ndarray] | None = [] if self.speculative else None
         try:
-            async for batch in self._submissions(audio, options, plan, stream=False):
+            async for batch in self._submissions(source, options, plan, stream=False):
                 if posteriors is None:
                     runs += [asyncio.create_task(self._final(request, rid))
                              for request, rid in batch]
@@ -157,14 +162,17 @@ class Transcriber:
                          for (request, rid), log_probs in zip(batch, batch_posteriors)]
             results = await asyncio.gather(*runs)
         finally:
+            source.close()
             await _cancel(runs)
-        return await self._finish(plan, results, options, len(audio), posteriors)
+        return await self._finish(plan, results, options, source.whole().size, posteriors)
 
     async def stream(
-        self, audio: np.ndarray, options: TranscriptionOptions
+        self, audio: np.ndarray | DecodingAudio, options: TranscriptionOptions
     ) -> AsyncIterator[TranscriptEvent]:
         """Deltas in audio order, then ``Finished``. Closing the iterator early
-        (a client that went away) cancels every segment, which aborts it in vLLM."""
+        (a client that went away) cancels every segment, which aborts it in vLLM,
+        and stops decoding the rest of ``audio``."""
+        source = DecodingAudio.of(audio)
         plan = _Plan([], [], [])
         queues: list[asyncio.Queue] = []
         tasks: list[asyncio.Task] = []
@@ -172,7 +180,7 @@ class Transcriber:
 
         async def submit_all() -> None:
             try:
-                async for batch in self._submissions(audio, options, plan, stream=True):
+                async for batch in self._submissions(source, options, plan, stream=True):
                     for request, rid in batch:
                         queues.append(asyncio.Queue())
                         tasks.append(asyncio.create_task(self._pump(request, rid, queues[-1])))
@@ -202,18 +210,23 @@ class Transcriber:
                         yield delta
                 deltas.end_segment()
                 results.append(result)
-            yield Finished(await self._finish(plan, results, options, len(audio)))
+            yield Finished(await self._finish(plan, results, options, source.whole().size))
         finally:
+            source.close()
             await _cancel([planning, *tasks])
 
-    async def _submissions(self, audio: np.ndarray, options: TranscriptionOptions, plan: _Plan,
-                           *, stream: bool) -> AsyncIterator[list[tuple[SegmentRequest, str]]]:
+    async def _submissions(self, source: DecodingAudio, options: TranscriptionOptions,
+                           plan: _Plan, *, stream: bool,
+                           ) -> AsyncIterator[list[tuple[SegmentRequest, str]]]:
         """The plan's segments as engine requests, a window's worth at a time, each batch
-        as soon as the VAD has seen its audio (in a worker thread: it is CPU work)."""
+        as soon as the VAD has seen its audio (in a worker thread: it is CPU work, and
+        waits for the decoder)."""
         prompt_ids = prompts.render_prompt(self.engine.tokenizer, options.instruction())
         request_id = uuid.uuid4().hex
-        windows = self.planner(audio, self.plan_options(options))
+        windows = self.planner(source, self.plan_options(options))
         while (segments := await asyncio.to_thread(next, windows, None)) is not None:
+            # The planner has seen this audio: it is decoded, nothing waits.
+            audio = source.until(segments[-1].audio_end)
             batch = []
             for segment in segments:
                 request = self._segment_request(audio, segment, prompt_ids, options,

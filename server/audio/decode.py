@@ -2,7 +2,8 @@
 
 ``decode_audio`` is synchronous and CPU-bound (demuxing, decoding, resampling):
 call it in a worker thread (``starlette.concurrency.run_in_threadpool`` or
-``asyncio.to_thread``), never on the event loop.
+``asyncio.to_thread``), never on the event loop. Given a ``head_s``, it returns
+after that much and a thread of its own decodes the rest (``progressive``).
 
 Two decoders:
 
@@ -22,15 +23,22 @@ understates its length (or declares none) can't exhaust memory.
 from __future__ import annotations
 
 import io
+import logging
+import math
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 import av
 import numpy as np
 import soundfile as sf
 import soxr
 
-from server.errors import AudioDecodeError, AudioTooLong, AudioTooShort, EmptyAudio
+from server.audio.progressive import DecodeCancelled, DecodingAudio
+from server.errors import AudioDecodeError, AudioTooLong, AudioTooShort, EmptyAudio, ServerError
+
+log = logging.getLogger(__name__)
 
 TARGET_SAMPLE_RATE = 16000
 
@@ -41,6 +49,9 @@ _DECLARED_SLACK = 1.1
 
 # Source samples handed to soxr per call (about 1 s).
 _RESAMPLE_BATCH = 1 << 15
+
+_WAV_BLOCK = 1 << 16
+"""WAV frames read per call (4 s at 16 kHz)."""
 
 # libsndfile subtypes of WAV with a fixed size per sample, named as FFmpeg names
 # the codec, so both paths report the same codec.
@@ -61,20 +72,39 @@ _WAV_MAGIC = {b"RIFF", b"RF64"}
 _FORMAT_NAMES = {"mov,mp4,m4a,3gp,3g2,mj2": "mp4", "matroska,webm": "webm"}
 
 
+HEAD_S = 20.0
+"""Decoded before the request goes on; the rest decodes in a thread while the plan and
+the engine start on the head. Covers the plan's first window (10 s, with the VAD's
+look-ahead), and most uploads whole: their errors are found before any answer."""
+
+
 @dataclass(frozen=True)
 class DecodedAudio:
-    samples: np.ndarray
-    """float32, mono, TARGET_SAMPLE_RATE, finite."""
+    audio: DecodingAudio
+    """float32, mono, TARGET_SAMPLE_RATE, finite; possibly still decoding."""
     source_format: str
     """Container, short name: "wav", "mp3", "ogg", "mp4", "webm", "flac"..."""
     codec: str
     """FFmpeg's codec name: "pcm_s16le", "mp3float", "aac", "opus", "vorbis"..."""
     source_sample_rate: int
     source_channels: int
+    declared_s: float | None = None
+    """The duration the file states up front (exact for WAV)."""
+
+    @property
+    def samples(self) -> np.ndarray:
+        """All of the samples (waits for the decode to finish)."""
+        return self.audio.whole()
 
     @property
     def duration_s(self) -> float:
         return len(self.samples) / TARGET_SAMPLE_RATE
+
+    @property
+    def expected_duration_s(self) -> float:
+        """Exact once decoded, the declared duration before."""
+        total = self.audio.total
+        return total / TARGET_SAMPLE_RATE if total is not None else self.declared_s or 0.0
 
 
 def decode_audio(
@@ -82,75 +112,189 @@ def decode_audio(
     *,
     max_duration_s: float | None = None,
     min_duration_s: float = 0.1,
+    head_s: float = math.inf,
 ) -> DecodedAudio:
     """Decode an upload held in memory. Blocking: run it in a thread.
 
-    ``max_duration_s`` also bounds memory (decoding stops just past it); with
-    None a small, highly compressed file can expand without limit.
+    Decodes ``head_s`` seconds here; when the file declares its duration and is
+    longer, a thread decodes the rest into ``DecodedAudio.audio`` and raises its
+    errors to the readers. ``max_duration_s`` also bounds memory (decoding stops just
+    past it); with None a small, highly compressed file can expand without limit.
     Raises EmptyAudio, AudioDecodeError, AudioTooShort or AudioTooLong.
     """
     if not data:
         raise EmptyAudio("The uploaded file is empty.")
-    decoded = _decode_wav(data, max_duration_s) or _decode_ffmpeg(data, max_duration_s)
-    _check_duration(decoded.duration_s, max_duration_s, min_duration_s)
+    source = _WavSource.open(data, max_duration_s) or _FfmpegSource.open(data, max_duration_s)
+    declared_s = source.declared_s
+    capacity = int((declared_s or 60.0) * TARGET_SAMPLE_RATE * 1.02) + 1024
+    decoded = DecodedAudio(DecodingAudio(capacity), source.format, source.codec,
+                           source.rate, source.channels, declared_s)
+    limits = (max_duration_s, min_duration_s)
+    chunks = source.chunks()
+    # Without a declared duration the admission check has nothing to go by: decode it all.
+    head = head_s if declared_s is not None else math.inf
+    if _decode_into(decoded.audio, chunks, source, limits, until=head * TARGET_SAMPLE_RATE):
+        return decoded
+    threading.Thread(target=_decode_rest, args=(decoded.audio, chunks, source, limits),
+                     name="decode", daemon=True).start()
     return decoded
+
+
+def _decode_into(audio: DecodingAudio, chunks: Iterator[np.ndarray], source: _Source,
+                 limits: tuple[float | None, float], until: float) -> bool:
+    """Decode until ``audio`` holds ``until`` samples (False) or the file ends (True)."""
+    try:
+        for chunk in chunks:
+            audio.extend(_sanitize(chunk))
+            if audio.available >= until:
+                return False
+    except BaseException:
+        chunks.close()
+        raise
+    total = source.length(audio.written)
+    _check_duration(total / TARGET_SAMPLE_RATE, *limits)  # before any reader sees the end
+    audio.finish(total)
+    return True
+
+
+def _decode_rest(audio: DecodingAudio, chunks: Iterator[np.ndarray], source: _Source,
+                 limits: tuple[float | None, float]) -> None:
+    try:
+        _decode_into(audio, chunks, source, limits, until=math.inf)
+    except DecodeCancelled:
+        pass
+    except ServerError as exc:  # an upload's fault, found late: the request's answer
+        audio.fail(exc)
+    except Exception as exc:  # noqa: BLE001 - a reader waits for this thread: never leave it
+        log.exception("Decoding failed")
+        audio.fail(AudioDecodeError(f"Could not decode the uploaded file as audio: {exc}."))
+
+
+class _Source(Protocol):
+    format: str
+    codec: str
+    rate: int
+    channels: int
+    declared_s: float | None
+
+    def chunks(self) -> Iterator[np.ndarray]:
+        """16 kHz mono float32 chunks, in order; the file is closed at the end."""
+
+    def length(self, decoded: int) -> int:
+        """The recording's length, given how many samples the chunks held."""
 
 
 # --- soundfile: PCM WAV ------------------------------------------------------
 
 
-def _decode_wav(data: bytes, max_duration_s: float | None) -> DecodedAudio | None:
-    """PCM WAV via libsndfile; None when the bytes are anything else."""
-    # Sniff first: libsndfile would otherwise parse every upload (mp3s too, noisily).
-    if data[:4] not in _WAV_MAGIC or data[8:12] != b"WAVE":
-        return None
-    try:
-        with sf.SoundFile(io.BytesIO(data)) as f:
-            codec = _WAV_PCM_CODECS.get(f.subtype)
-            # Every PCM sample takes at least a byte: a larger count is a bad header.
-            if (
-                f.format not in _SOUNDFILE_WAV_FORMATS
-                or codec is None
-                or f.frames * f.channels > len(data)
-            ):
-                return None
-            if max_duration_s is not None:  # exact count: no slack
-                _check_declared(f.frames / f.samplerate, max_duration_s, slack=1.0)
-            frames = f.read(dtype="float32", always_2d=True)
-            rate, channels = f.samplerate, f.channels
-    except sf.SoundFileError:
-        return None  # FFmpeg gets its turn and names the problem
-    # A mono file's one column is used as it is: a long upload is held once, not twice.
-    mono = frames[:, 0] if channels == 1 else frames.mean(axis=1, dtype=np.float32)
-    return _result(_resample(_sanitize(mono), rate), "wav", codec, rate, channels)
+class _WavSource:
+    """PCM WAV via libsndfile."""
+
+    format = "wav"
+
+    def __init__(self, file: sf.SoundFile, codec: str) -> None:
+        self._file, self.codec = file, codec
+        self.rate, self.channels = file.samplerate, file.channels
+        self.declared_s = file.frames / file.samplerate  # exact
+
+    @classmethod
+    def open(cls, data: bytes, max_duration_s: float | None) -> _WavSource | None:
+        """None when the bytes are anything else."""
+        # Sniff first: libsndfile would otherwise parse every upload (mp3s too, noisily).
+        if data[:4] not in _WAV_MAGIC or data[8:12] != b"WAVE":
+            return None
+        try:
+            file = sf.SoundFile(io.BytesIO(data))
+        except sf.SoundFileError:
+            return None  # FFmpeg gets its turn and names the problem
+        codec = _WAV_PCM_CODECS.get(file.subtype)
+        # Every PCM sample takes at least a byte: a larger count is a bad header.
+        if (file.format not in _SOUNDFILE_WAV_FORMATS or codec is None
+                or file.frames * file.channels > len(data)):
+            file.close()
+            return None
+        source = cls(file, codec)
+        if max_duration_s is not None:  # exact count: no slack
+            _check_declared(source.declared_s, max_duration_s, slack=1.0)
+        return source
+
+    def chunks(self) -> Iterator[np.ndarray]:
+        resampler = _StreamResampler()
+        with self._file as file:
+            try:
+                for block in file.blocks(_WAV_BLOCK, dtype="float32", always_2d=True):
+                    # A mono block's one column is used as it is.
+                    mono = block[:, 0] if self.channels == 1 else \
+                        block.mean(axis=1, dtype=np.float32)
+                    yield from resampler.feed(mono, self.rate)
+            except sf.SoundFileError as exc:
+                raise AudioDecodeError(
+                    f"Could not decode the uploaded file as audio: {exc}.") from exc
+        yield from resampler.flush()
+
+    def length(self, decoded: int) -> int:
+        return decoded
 
 
 # --- PyAV: everything FFmpeg decodes ------------------------------------------
 
 
-def _decode_ffmpeg(data: bytes, max_duration_s: float | None) -> DecodedAudio:
-    try:
-        container = av.open(io.BytesIO(data), metadata_errors="ignore")
-    except av.FFmpegError as exc:
-        raise _decode_error(exc) from exc
-    with container:
+class _FfmpegSource:
+    def __init__(self, container, stream, max_duration_s: float | None) -> None:
+        self._container, self._stream = container, stream
+        self._max_duration_s = max_duration_s
+        ctx = stream.codec_context
+        self.format = _format_name(container.format.name)
+        self.codec, self.rate, self.channels = ctx.name, ctx.sample_rate, ctx.layout.nb_channels
+        self.declared_s = _declared_duration(container, stream)
+        self._decoded_s = self._last_frame_s = 0.0
+
+    @classmethod
+    def open(cls, data: bytes, max_duration_s: float | None) -> _FfmpegSource:
+        try:
+            container = av.open(io.BytesIO(data), metadata_errors="ignore")
+        except av.FFmpegError as exc:
+            raise _decode_error(exc) from exc
         stream = container.streams.best("audio")
         if stream is None:
+            container.close()
             raise AudioDecodeError(
                 "Could not decode the uploaded file as audio: it has no audio stream."
             )
-        declared_s = _declared_duration(container, stream)
-        if max_duration_s is not None and declared_s is not None:
-            _check_declared(declared_s, max_duration_s)
-        samples = _decode_stream(container, stream, max_duration_s, declared_s)
-        ctx = stream.codec_context
-        return _result(
-            samples,
-            _format_name(container.format.name),
-            ctx.name,
-            ctx.sample_rate,
-            ctx.layout.nb_channels,
-        )
+        source = cls(container, stream, max_duration_s)
+        if max_duration_s is not None and source.declared_s is not None:
+            try:
+                _check_declared(source.declared_s, max_duration_s)
+            except AudioTooLong:
+                container.close()
+                raise
+        return source
+
+    def chunks(self) -> Iterator[np.ndarray]:
+        """Decoded, mixed to mono and resampled frame by frame."""
+        resampler = _StreamResampler()
+        limit = self._max_duration_s
+        with self._container:
+            for frame in _frames(self._container, self._stream):
+                # Checked before adding the frame: memory stays within the limit plus
+                # one frame, and the exact check after trimming decides.
+                if limit is not None and self._decoded_s > limit:
+                    raise AudioTooLong(
+                        f"Audio is longer than the maximum of {_seconds(limit)} s."
+                    )
+                self._last_frame_s = frame.samples / frame.sample_rate
+                self._decoded_s += self._last_frame_s
+                yield from resampler.feed(_frame_to_mono(frame), frame.sample_rate)
+        yield from resampler.flush()
+
+    def length(self, decoded: int) -> int:
+        """Cut codec padding past the declared end (AAC fills its last 1024-sample frame;
+        the MP4 edit list says where the audio really ends). Only within one frame:
+        a larger excess means the declared length is wrong, not padding."""
+        declared_s = self.declared_s
+        if declared_s is None or not 0 < self._decoded_s - declared_s <= self._last_frame_s:
+            return decoded
+        return min(decoded, round(declared_s * TARGET_SAMPLE_RATE))
 
 
 def _declared_duration(container, stream) -> float | None:
@@ -160,50 +304,6 @@ def _declared_duration(container, stream) -> float | None:
     if container.duration is not None:
         return container.duration / av.time_base
     return None
-
-
-def _decode_stream(container, stream, max_duration_s, declared_s) -> np.ndarray:
-    """Decode, mix to mono and resample frame by frame into one growing buffer, sized
-    from the declared duration: a long file's 16 kHz samples exist once, not as
-    chunks plus their concatenation."""
-    resampler = _StreamResampler()
-    out = _SampleBuffer(int((declared_s or 60.0) * TARGET_SAMPLE_RATE * 1.02) + 1024)
-    decoded_s = last_frame_s = 0.0
-    for frame in _frames(container, stream):
-        # Checked before adding the frame: memory stays within the limit plus one
-        # frame, and the exact check after trimming decides.
-        if max_duration_s is not None and decoded_s > max_duration_s:
-            raise AudioTooLong(
-                f"Audio is longer than the maximum of {_seconds(max_duration_s)} s."
-            )
-        last_frame_s = frame.samples / frame.sample_rate
-        decoded_s += last_frame_s
-        out.extend(resampler.feed(_frame_to_mono(frame), frame.sample_rate))
-    out.extend(resampler.flush())
-    return _trim_padding(out.samples(), decoded_s, declared_s, last_frame_s)
-
-
-class _SampleBuffer:
-    """Float32 samples appended in place; grows by half when a file runs longer than
-    it declared."""
-
-    def __init__(self, capacity: int) -> None:
-        self._data = np.empty(max(capacity, 1), np.float32)
-        self._size = 0
-
-    def extend(self, chunks: list[np.ndarray]) -> None:
-        for chunk in chunks:
-            end = self._size + chunk.size
-            if end > self._data.size:
-                grown = np.empty(max(end, self._data.size * 3 // 2), np.float32)
-                grown[: self._size] = self._data[: self._size]
-                self._data = grown
-            self._data[self._size : end] = chunk
-            self._size = end
-
-    def samples(self) -> np.ndarray:
-        # A view: trimming the unused tail would copy the whole recording.
-        return self._data[: self._size]
 
 
 def _frames(container, stream) -> Iterator[av.AudioFrame]:
@@ -250,15 +350,6 @@ def _to_float32(x: np.ndarray) -> np.ndarray:
     if x.dtype.kind == "u":  # unsigned PCM is centred on half its range
         return (x.astype(np.float32) - scale) / scale
     return x.astype(np.float32) / scale
-
-
-def _trim_padding(samples, decoded_s, declared_s, last_frame_s) -> np.ndarray:
-    """Cut codec padding past the declared end (AAC fills its last 1024-sample frame;
-    the MP4 edit list says where the audio really ends). Only within one frame:
-    a larger excess means the declared length is wrong, not padding."""
-    if declared_s is None or not 0 < decoded_s - declared_s <= last_frame_s:
-        return samples
-    return samples[: round(declared_s * TARGET_SAMPLE_RATE)]
 
 
 class _StreamResampler:
@@ -308,24 +399,12 @@ class _StreamResampler:
 # --- shared --------------------------------------------------------------------
 
 
-def _resample(x: np.ndarray, rate: int) -> np.ndarray:
-    if rate == TARGET_SAMPLE_RATE:
-        return x
-    return soxr.resample(x, rate, TARGET_SAMPLE_RATE, quality="HQ")
-
-
 def _sanitize(x: np.ndarray) -> np.ndarray:
     """NaN/Inf -> 0 (float files can carry them; one would smear across the
     resampler's filter). Loud but finite audio is left alone: no clipping."""
     if np.isfinite(x).all():
         return x
     return np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
-
-
-def _result(samples, source_format, codec, rate, channels) -> DecodedAudio:
-    # Resampling values near float32's limit can overflow: keep the promise "finite".
-    samples = np.ascontiguousarray(_sanitize(samples), dtype=np.float32)
-    return DecodedAudio(samples, source_format, codec, int(rate), int(channels))
 
 
 def _check_declared(

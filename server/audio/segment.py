@@ -18,6 +18,7 @@ from typing import Protocol
 import numpy as np
 
 from server.audio.features import SAMPLE_RATE
+from server.audio.progressive import DecodingAudio
 from server.audio.vad import SpeechDetector, VadOptions, speech_regions
 
 QUIET_WINDOW = SAMPLE_RATE // 20
@@ -62,7 +63,7 @@ class PlannedSegment:
 Detector = Callable[[np.ndarray, VadOptions], list[tuple[int, int]]]
 
 
-Planner = Callable[[np.ndarray, PlanOptions], Iterator[list["PlannedSegment"]]]
+Planner = Callable[[DecodingAudio, PlanOptions], Iterator[list["PlannedSegment"]]]
 """A file's plan in batches, in audio order (``plan_in_windows``)."""
 
 
@@ -159,24 +160,26 @@ def pad(regions: Sequence[tuple[int, int]], total: int, padding: int,
     return planned
 
 
-def plan_in_windows(audio: np.ndarray, options: PlanOptions,
+def plan_in_windows(audio: np.ndarray | DecodingAudio, options: PlanOptions,
                     detector: WindowDetector | None = None) -> Iterator[list[PlannedSegment]]:
     """The plan of a file in batches, in audio order, each ready as soon as its window of
-    audio is analysed. Every request plans this way, so a stream and a plain request cut
-    a file identically. CPU-bound: iterate from a worker thread.
+    audio is decoded and analysed. Every request plans this way, so a stream and a plain
+    request cut a file identically. CPU-bound (and waits for the decoder): iterate from
+    a worker thread.
 
     Each window is planned alone and only the segments ending at least ``edge_margin``
     before its edge are kept: audio past the edge can't change them (a merge, padding or
     a still-running speech run reaches less far). The next window starts where the last
     kept segment's audio ends, in a pause or at a cut the plan made."""
-    detector = detector or SpeechDetector(audio, options.vad)
-    total, margin = len(audio), edge_margin(options)
+    source = DecodingAudio.of(audio)
+    detector = detector or SpeechDetector(source, options.vad)
+    margin = edge_margin(options)
     start, window = 0, max(int(FIRST_WINDOW_S * SAMPLE_RATE), 2 * margin)
-    while start < total:
-        end = min(total, start + window)
+    while start < (decoded := len(audio := source.until(start + window))):
+        end = min(decoded, start + window)
         regions = [(a - start, b - start) for a, b in detector.regions(start, end)]
         segments = plan_regions(audio[start:end], regions, options)
-        if end == total:
+        if decoded < start + window:  # less than asked for: the end of the file
             if segments:
                 yield _shifted(segments, start)
             return

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from server.audio.features import SAMPLE_RATE
+from server.audio.progressive import DecodingAudio
 
 FRAME = 512
 """Samples per Silero frame at 16 kHz."""
@@ -30,6 +31,8 @@ LEVEL_REACH = 6
 TARGET_LEVEL = 0.1
 MAX_GAIN = 30.0
 """Quiet stretches are raised towards ``TARGET_LEVEL`` by at most this much (30 dB)."""
+LEVEL_LOOKAHEAD = (LEVEL_REACH + 2) * LEVEL_HOP
+"""Audio past a stretch that its gains depend on."""
 
 
 @dataclass(frozen=True)
@@ -65,8 +68,9 @@ class SpeechDetector:
     missing. So Silero hears the audio levelled: each stretch raised towards a common
     level (``level_gains``); noise alone, raised, still reads as noise."""
 
-    def __init__(self, audio: np.ndarray, options: VadOptions) -> None:
-        self.audio, self.options = audio, options
+    def __init__(self, audio: np.ndarray | DecodingAudio, options: VadOptions) -> None:
+        self.audio = DecodingAudio.of(audio)
+        self.options = options
         self._blocks = self._levelled_blocks()
         self._probs: list[np.ndarray] = []
         self._state = (np.zeros((1, 1, 128), np.float32), np.zeros((1, 1, 128), np.float32))
@@ -112,10 +116,15 @@ class SpeechDetector:
 
     def _levelled_blocks(self) -> Iterator[np.ndarray]:
         """Silero's input, a block at a time: (frames, CONTEXT + FRAME) arrays of the
-        levelled audio, each frame led by the previous frame's tail (zeros at first)."""
-        audio = self.audio
-        num_frames = -(-audio.size // FRAME)
-        for first in range(0, num_frames, BLOCK_FRAMES):
+        levelled audio, each frame led by the previous frame's tail (zeros at first).
+        A block waits for its audio and the level's look-ahead to be decoded."""
+        first = 0
+        while True:
+            wanted = (first + BLOCK_FRAMES) * FRAME + LEVEL_LOOKAHEAD
+            audio = self.audio.until(wanted)
+            num_frames = -(-audio.size // FRAME)
+            if first >= num_frames:
+                return
             count = min(BLOCK_FRAMES, num_frames - first)
             lo, hi = first * FRAME - CONTEXT, min(audio.size, (first + count) * FRAME)
             samples = np.zeros(count * FRAME + CONTEXT, np.float32)
@@ -124,6 +133,7 @@ class SpeechDetector:
             samples[skip : skip + hi - max(lo, 0)] *= level_gains(audio, max(lo, 0), hi)
             windows = np.lib.stride_tricks.sliding_window_view(samples, CONTEXT + FRAME)
             yield np.ascontiguousarray(windows[::FRAME])
+            first += count
 
     def _end_at_last_speech(self, regions: list[tuple[int, int]], probs: np.ndarray,
                             origin: int, end: int) -> list[tuple[int, int]]:
@@ -167,4 +177,4 @@ def level_gains(audio: np.ndarray, start: int, end: int) -> np.ndarray:
 
 def speech_regions(audio: np.ndarray, options: VadOptions) -> list[tuple[int, int]]:
     """[(start, end)] sample ranges of speech in 16 kHz mono audio."""
-    return SpeechDetector(audio, options).regions(0, len(audio))
+    return SpeechDetector(audio, options).regions(0, audio.size)

@@ -54,9 +54,9 @@ class ScriptedEngine:
 def fixed_length_plan(audio, options: PlanOptions) -> Iterator[list[PlannedSegment]]:
     """Every max_segment_s of audio is a segment, two to a batch: no VAD, so zeros work
     as audio."""
-    step = int(options.max_segment_s * 16000)
-    segments = [PlannedSegment(lo, min(lo + step, audio.size), lo, min(lo + step, audio.size))
-                for lo in range(0, audio.size, step)]
+    step, size = int(options.max_segment_s * 16000), audio.whole().size
+    segments = [PlannedSegment(lo, min(lo + step, size), lo, min(lo + step, size))
+                for lo in range(0, size, step)]
     for first in range(0, len(segments), 2):
         yield segments[first : first + 2]
 

@@ -12,7 +12,7 @@ import soxr
 from server.audio import decode as decode_module
 from server.audio.decode import TARGET_SAMPLE_RATE, DecodedAudio, decode_audio
 from server.errors import AudioDecodeError, AudioTooLong, AudioTooShort, EmptyAudio
-from tests.audio_samples import FORMATS, ffmpeg, video_only_mp4, with_video
+from tests.audio_samples import FORMATS, ffmpeg, flac_declaring, video_only_mp4, with_video
 
 DURATION_TOLERANCE_S = 0.030
 
@@ -250,17 +250,9 @@ def test_too_long_by_a_little_is_caught_after_decoding(encoded):
     assert decode_audio(encoded("mp3").read_bytes(), max_duration_s=2.75).duration_s < 2.75
 
 
-def _flac_declaring(data: bytes, total_samples: int) -> bytes:
-    """Rewrite STREAMINFO's 36-bit total sample count (0 means "unknown")."""
-    assert data[:4] == b"fLaC"
-    fields = int.from_bytes(data[18:26], "big")
-    fields = (fields & ~((1 << 36) - 1)) | total_samples
-    return data[:18] + fields.to_bytes(8, "big") + data[26:]
-
-
 @pytest.mark.parametrize("declared_samples", [22050, 0], ids=["understated", "unknown"])
 def test_too_long_when_the_header_understates_or_omits_the_duration(encoded, declared_samples):
-    data = _flac_declaring(encoded("flac").read_bytes(), declared_samples)
+    data = flac_declaring(encoded("flac").read_bytes(), declared_samples)
     with pytest.raises(AudioTooLong, match=r"^Audio is longer than the maximum of 2 s.$"):
         decode_audio(data, max_duration_s=2.0)
     assert decode_audio(data).duration_s > 2.7  # the header's lie loses no audio
@@ -276,7 +268,7 @@ def test_mp3_without_xing_header(encoded):
 
 def test_decoding_stops_at_the_limit(encoded, monkeypatch):
     """With no declared duration, memory is bounded: decoding stops one frame past it."""
-    data = _flac_declaring(encoded("flac").read_bytes(), 0)
+    data = flac_declaring(encoded("flac").read_bytes(), 0)
     decoded_samples = []
     original = decode_module._frame_to_mono
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 
 import httpx
+import numpy as np
 import pytest
 import pytest_asyncio
+import soundfile as sf
 
 from tests import audio_samples
 from tests.conftest import live_server
@@ -87,6 +90,35 @@ async def test_decode_failures_by_container_codec_and_reason(client, speech, tmp
                  status="400", response_format="json") - value(
         before, "granite_speech_requests_total", endpoint=AUDIO, method="POST", status="400",
         response_format="json") == 3
+
+
+async def test_a_long_upload_broken_past_its_head_fails_cleanly(settings, engine, speech):
+    """Only the head of a long upload is decoded before the answer starts. This FLAC
+    claims 5 s and runs 60, past the 40 s limit: found while the plan is running, the
+    plain request still gets its 400, the stream an error event, and both count as
+    decode failures."""
+    buffer = io.BytesIO()
+    sf.write(buffer, np.tile(speech, 60 * 16000 // len(speech) + 1)[: 60 * 16000], 16000,
+             format="FLAC")
+    lying = audio_samples.flac_declaring(buffer.getvalue(), 5 * 16000)
+    limited = settings.model_copy(update={"max_audio_seconds": 40,
+                                          "max_inflight_audio_seconds": 0})
+    name = "granite_speech_decode_failures_total"
+    labels = dict(container="flac", codec="flac", reason="audio_too_long")
+    async with live_server(limited, engine) as url, \
+            httpx.AsyncClient(base_url=url, timeout=300) as http:
+        before = value(await metrics(http), name, **labels)
+        plain = await post(http, lying, name="long.flac")
+        assert plain.status_code == 400
+        assert plain.json()["error"]["code"] == "audio_too_long"
+        streamed = await post(http, lying, name="long.flac", stream="true")
+        assert streamed.status_code == 200  # the stream began before the end was decoded
+        events = [json.loads(line[len("data: "):]) for line in streamed.text.splitlines()
+                  if line.startswith("data: ")]
+        assert events[-1]["type"] == "error"
+        assert events[-1]["error"]["code"] == "audio_too_long"
+        assert (await http.get("/ready")).status_code == 200
+        assert value(await metrics(http), name, **labels) - before == 2
 
 
 async def test_time_to_first_delta_and_stream_completion(client, speech_wav):
