@@ -73,15 +73,24 @@ async def soak(url: str, model: str, pid: int, minutes: float, concurrency: int,
     return {"statuses": statuses, "samples": samples}
 
 
-def verdict(report: dict, warmup_share: float = 0.2) -> dict:
+def verdict(report: dict, warmup_share: float = 0.2, window_share: float = 0.2) -> dict:
+    """Growth compares the mean of the first and last fifths after warm-up, not two single
+    samples: the server's RSS swings by hundreds of MB as the allocator gives memory back
+    in bursts, and a trend is what a leak would show."""
     samples = report["samples"]
     after = [s for s in samples if s["t_s"] >= samples[-1]["t_s"] * warmup_share]
-    base, last = after[0], after[-1]
+    width = max(1, int(len(after) * window_share))
+    base, last = after[:width], after[-width:]
+
+    def mean(window: list[dict], key: str) -> float:
+        return sum(s[key] for s in window) / len(window)
+
     return {
         "server_errors": sum(n for status, n in report["statuses"].items() if int(status) >= 500),
-        "rss_growth_after_warmup": (last["rss_mb"] - base["rss_mb"]) / base["rss_mb"],
-        "fd_growth_after_warmup": last["fds"] - base["fds"],
-        "thread_growth_after_warmup": last["threads"] - base["threads"],
+        "rss_growth_after_warmup": mean(last, "rss_mb") / mean(base, "rss_mb") - 1,
+        "rss_peak_mb": max(s["rss_mb"] for s in after),
+        "fd_growth_after_warmup": last[-1]["fds"] - base[0]["fds"],
+        "thread_growth_after_warmup": last[-1]["threads"] - base[0]["threads"],
     }
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from loadtest import bench
+from loadtest import bench, soak
 from loadtest.corpus import Recording, Request, encode, recordings, requests
 from tools.long_audio import long_recording
 
@@ -64,3 +64,17 @@ async def test_locust_runs_the_workload_headless(server_url):
     output = (await asyncio.wait_for(proc.communicate(), timeout=300))[0].decode()
     assert "transcribe" in output
     assert proc.returncode == 0, output[-3000:]
+
+
+def test_soak_verdict_looks_for_a_trend_not_a_single_swing():
+    def report(rss: list[float]) -> dict:
+        return {"statuses": {"200": 10, "503": 1},
+                "samples": [{"t_s": 10.0 * i, "rss_mb": mb, "fds": 5, "threads": 7}
+                            for i, mb in enumerate(rss)]}
+
+    sawtooth = [900, 1000, 1100, 1200, 1000, 1100, 1200, 1000, 1100, 1200, 1000]
+    flat = soak.verdict(report(sawtooth))
+    assert flat["server_errors"] == 1 and flat["rss_peak_mb"] == 1200
+    assert abs(flat["rss_growth_after_warmup"]) < 0.1
+    leak = soak.verdict(report([1000 + 50 * i for i in range(11)]))
+    assert leak["rss_growth_after_warmup"] > 0.25
