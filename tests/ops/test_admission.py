@@ -104,16 +104,19 @@ async def test_admission_is_given_back_however_a_request_ends(settings, engine, 
             httpx.AsyncClient(base_url=url, timeout=300) as client:
         assert (await post(client, b"not audio at all" * 100)).status_code == 400
         assert (await post(client, long_speech_wav(speech, 5), model="nope")).status_code == 404
+        # Long enough to still run when checked: 2 s segments go fast on the test model.
         async with client.stream("POST", AUDIO, files={"file": ("long.wav",
-                                                                long_speech_wav(speech, 120))},
+                                                                long_speech_wav(speech, 300))},
                                  data={"model": MODEL, "stream": "true"}) as response:
             assert response.status_code == 200
-            async for _ in response.aiter_lines():
-                break
+            # Held, not left with `break`: a dropped line iterator is finalized and closes
+            # the response, and the server would see the client go before the check.
+            lines = response.aiter_lines()
+            await anext(lines)
             samples = await metrics(client)
             assert value(samples, "granite_speech_inflight_requests") == 1
             assert value(samples, "granite_speech_inflight_audio_seconds") == \
-                pytest.approx(120, abs=0.01)
+                pytest.approx(300, abs=0.01)
         idle = await _until(client, lambda s: value(s, "granite_speech_inflight_requests") == 0)
     assert value(idle, "granite_speech_inflight_audio_seconds") == 0
     assert value(idle, "granite_speech_requests_total", endpoint=AUDIO, method="POST",

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from starlette.formparsers import MultiPartParser
 
 from tests.conftest import live_server
 from tests.ops.conftest import MODEL, assert_envelope, headers_only, long_speech_wav
@@ -59,11 +60,13 @@ async def test_httpx_and_the_sdk_see_the_413(settings, engine, speech):
 
 @pytest.fixture
 def spool_dir(tmp_path, monkeypatch) -> Path:
-    """Where this process's temporary files go during the test (Starlette spools
-    uploads over 1 MB to ``tempfile.TemporaryFile()``)."""
+    """Where this process's temporary files go during the test. Starlette spools uploads
+    over ``spool_max_size`` to ``tempfile.TemporaryFile()``; the server keeps up to 32 MB
+    in memory, lowered here to Starlette's 1 MB so the test's uploads reach the disk."""
     spool = tmp_path / "spool"
     spool.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(spool))
+    monkeypatch.setattr(MultiPartParser, "spool_max_size", 2**20)
     return spool
 
 
