@@ -166,8 +166,8 @@ def _decode_rest(audio: DecodingAudio, chunks: Iterator[np.ndarray], source: _So
     except ServerError as exc:  # an upload's fault, found late: the request's answer
         audio.fail(exc)
     except Exception as exc:  # noqa: BLE001 - a reader waits for this thread: never leave it
-        log.exception("Decoding failed")
-        audio.fail(AudioDecodeError(f"Could not decode the uploaded file as audio: {exc}."))
+        log.exception("Decoding failed: %s", type(exc).__name__)
+        audio.fail(AudioDecodeError("Could not decode the uploaded file as audio."))
 
 
 class _Source(Protocol):
@@ -215,7 +215,11 @@ class _WavSource:
             return None
         source = cls(file, codec)
         if max_duration_s is not None:  # exact count: no slack
-            _check_declared(source.declared_s, max_duration_s, slack=1.0)
+            try:
+                _check_declared(source.declared_s, max_duration_s, slack=1.0)
+            except AudioTooLong:
+                file.close()
+                raise
         return source
 
     def chunks(self) -> Iterator[np.ndarray]:

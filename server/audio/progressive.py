@@ -112,8 +112,14 @@ class DecodingAudio:
         return self._size
 
     def close(self) -> None:
-        """The reader is done: a decoder still running stops at its next chunk."""
-        self._cancelled = True
+        """The request is done with the audio: a decoder still running stops at its next
+        chunk, and a reader still waiting (the planning thread of a request that is gone)
+        gets DecodeCancelled instead of waiting forever."""
+        with self._changed:
+            self._cancelled = True
+            if self._total is None and self._error is None:
+                self._error = DecodeCancelled()
+            self._changed.notify_all()
 
     @property
     def _published(self) -> int:
