@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import math
+import threading
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -25,7 +26,7 @@ from server.asr.engine import SegmentRequest, SegmentResult, SpeechEngine, Token
 from server.asr.speculative import accepted_prefix, ctc_draft
 from server.asr.stitch import UNSPACED_LANGUAGES, join_texts
 from server.audio.features import SAMPLE_RATE, audio_token_count
-from server.audio.progressive import DecodingAudio
+from server.audio.progressive import DecodeCancelled, DecodingAudio
 from server.audio.segment import PlannedSegment, Planner, PlanOptions, plan_in_windows
 from server.audio.vad import VadOptions
 from server.config import Settings
@@ -224,7 +225,7 @@ class Transcriber:
         prompt_ids = prompts.render_prompt(self.engine.tokenizer, options.instruction())
         request_id = uuid.uuid4().hex
         windows = self.planner(source, self.plan_options(options))
-        while (segments := await asyncio.to_thread(next, windows, None)) is not None:
+        async for segments in planned_ahead(windows):
             # The planner has seen this audio: it is decoded, nothing waits.
             audio = source.until(segments[-1].audio_end)
             batch = []
@@ -391,6 +392,31 @@ def segment_words(log_probs: np.ndarray, segment: Segment, audio_offset_s: float
         return [WordTiming(word, round(segment.start + i * step, 3),
                            round(segment.start + (i + 1) * step, 3))
                 for i, word in enumerate(words)]
+
+
+async def planned_ahead(windows: Iterator[list[PlannedSegment]],
+                        ) -> AsyncIterator[list[PlannedSegment]]:
+    """The plan's batches, computed in a thread of the request's own that runs ahead: the
+    VAD reads the next window while the event loop hands this one to the engine. Once the
+    request is gone, closing its audio stops the thread at its next read."""
+    loop = asyncio.get_running_loop()
+    batches: asyncio.Queue = asyncio.Queue()
+
+    def plan() -> None:
+        try:
+            for batch in windows:
+                loop.call_soon_threadsafe(batches.put_nowait, batch)
+            loop.call_soon_threadsafe(batches.put_nowait, None)
+        except DecodeCancelled:
+            pass  # nobody is waiting any more
+        except BaseException as exc:  # noqa: BLE001 - raised to the request below
+            loop.call_soon_threadsafe(batches.put_nowait, exc)
+
+    threading.Thread(target=plan, name="plan", daemon=True).start()
+    while (batch := await batches.get()) is not None:
+        if isinstance(batch, BaseException):
+            raise batch
+        yield batch
 
 
 async def _cancel(tasks: list[asyncio.Task]) -> None:

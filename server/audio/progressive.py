@@ -81,9 +81,11 @@ class DecodingAudio:
     def until(self, n: int) -> np.ndarray:
         """At least the first ``n`` samples, or all of them if the audio is shorter:
         a view of everything decoded so far. Blocks while they are being decoded;
-        raises the decoder's error if it failed."""
+        raises the decoder's error if it failed, DecodeCancelled once closed."""
         with self._changed:
             self._changed.wait_for(lambda: self._ready(n))
+            if self._cancelled:
+                raise DecodeCancelled
             if self._error is not None:
                 raise self._error
             return self._data[: self._published]
@@ -113,8 +115,9 @@ class DecodingAudio:
 
     def close(self) -> None:
         """The request is done with the audio: a decoder still running stops at its next
-        chunk, and a reader still waiting (the planning thread of a request that is gone)
-        gets DecodeCancelled instead of waiting forever."""
+        chunk, and the planning thread of a request that is gone gets DecodeCancelled from
+        ``until`` (instead of waiting forever, or reading on through a long file).
+        ``whole`` still answers for audio that was decoded to the end."""
         with self._changed:
             self._cancelled = True
             if self._total is None and self._error is None:
@@ -128,4 +131,5 @@ class DecodingAudio:
         return max(0, self._size - HOLD_BACK)
 
     def _ready(self, n: int) -> bool:
-        return self._total is not None or self._error is not None or self._published >= n
+        return (self._total is not None or self._error is not None or self._cancelled
+                or self._published >= n)

@@ -160,3 +160,28 @@ async def test_a_plain_request_submits_each_batch_before_planning_the_next():
     transcript = await run.transcribe(np.zeros(100 * 16000, np.float32), TranscriptionOptions())
     assert started_before_rest == [2]
     assert transcript.text == " ".join(f"w{i}" for i in range(10))
+
+
+async def test_the_planning_thread_stops_when_the_request_is_gone():
+    """The plan runs ahead in a thread of its own; a request that ends early (a client
+    gone) stops it instead of leaving it reading on through the file."""
+    engine = ScriptedEngine([f"w{i}" for i in range(100)], [10.0] * 100)  # never finishes
+    planned: list[int] = []
+
+    def planner(audio, options):
+        for k in range(100):
+            audio.until(k * 16000)  # reads the audio, as the VAD does
+            planned.append(k)
+            yield [PlannedSegment(k * 16000, (k + 1) * 16000, k * 16000, (k + 1) * 16000)]
+            time.sleep(0.01)
+
+    run = Transcriber(engine, Settings(model="m"), planner=planner)
+    task = asyncio.create_task(run.transcribe(np.zeros(100 * 16000, np.float32),
+                                              TranscriptionOptions()))
+    while len(planned) < 5:
+        await asyncio.sleep(0.005)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    stopped_at = len(planned)
+    await asyncio.sleep(0.2)
+    assert len(planned) <= stopped_at + 1 < 100

@@ -86,9 +86,11 @@ def test_closing_stops_the_writer_and_releases_a_waiting_reader():
         audio.extend(np.zeros(SR, np.float32))
 
 
-def test_closing_finished_audio_keeps_it_readable():
+def test_closing_finished_audio_stops_planning_but_keeps_its_length():
     audio = DecodingAudio.of(np.ones(SR, np.float32))
     audio.close()
+    with pytest.raises(DecodeCancelled):  # a planner still reading stops
+        audio.until(SR)
     assert audio.whole().size == SR
 
 
