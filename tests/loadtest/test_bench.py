@@ -13,7 +13,7 @@ from loadtest import bench, soak
 from loadtest.corpus import Recording, Request, encode, recordings, requests
 from tools.long_audio import long_recording
 
-pytestmark = pytest.mark.asyncio(loop_scope="session")
+ON_THE_SESSION_LOOP = pytest.mark.asyncio(loop_scope="session")
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -24,6 +24,7 @@ def short_recording() -> Recording:
                      " ".join(p.text for p in placed))
 
 
+@ON_THE_SESSION_LOOP
 async def test_bench_measures_throughput_latency_and_first_delta(server_url, short_recording,
                                                                   tmp_path):
     work = [Request(short_recording, "transcriptions", stream, "json")
@@ -53,6 +54,7 @@ def test_corpus_mixes_kinds_formats_and_modes():
     assert len({id(r.recording) for r in unique}) == len(recs), "no audio repeats"
 
 
+@ON_THE_SESSION_LOOP
 async def test_locust_runs_the_workload_headless(server_url):
     """In a subprocess, asynchronously: the server runs in this test's event loop."""
     env = {**os.environ, "GRANITE_SPEECH_MODEL_NAME": "tiny-granite-speech"}
