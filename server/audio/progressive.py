@@ -17,7 +17,8 @@ decoder may still trim them (a codec's padding after the declared end)."""
 
 
 class DecodeCancelled(Exception):
-    """Raised inside the decoder when nobody needs the rest of the audio."""
+    """The request closed its audio: raised in the decoder (nobody needs the rest) and in
+    a planner still reading."""
 
 
 class DecodingAudio:
