@@ -203,10 +203,7 @@ class Transcriber:
                     continue
                 result = SegmentResult()
                 while not result.finished:
-                    item = await queues[len(results)].get()
-                    if isinstance(item, BaseException):
-                        raise item
-                    result = item
+                    result = await _latest(queues[len(results)])
                     if delta := deltas.advance(result):
                         yield delta
                 deltas.end_segment()
@@ -417,6 +414,19 @@ async def planned_ahead(windows: Iterator[list[PlannedSegment]],
         if isinstance(batch, BaseException):
             raise batch
         yield batch
+
+
+async def _latest(queue: asyncio.Queue) -> SegmentResult:
+    """The newest of a segment's results waiting in its queue (they are cumulative): a
+    segment that finished while an earlier one streamed becomes one delta, not one per
+    token. A failure among them is raised."""
+    items = [await queue.get()]
+    while not queue.empty():
+        items.append(queue.get_nowait())
+    for item in items:
+        if isinstance(item, BaseException):
+            raise item
+    return items[-1]
 
 
 async def _cancel(tasks: list[asyncio.Task]) -> None:

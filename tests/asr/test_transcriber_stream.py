@@ -83,6 +83,15 @@ async def test_deltas_add_up_to_the_stitched_text(language, joined):
     assert [s.text for s in done.transcript.segments] == ["one two", "three four", "", "five"]
 
 
+async def test_a_segment_that_finished_while_an_earlier_one_streamed_is_one_delta():
+    engine = ScriptedEngine(["a b c", "d e f g"], [0.05, 0.001])
+    run, audio = transcriber(engine, 15)
+    *deltas, done = await collect(run.stream(audio, TranscriptionOptions()))
+    assert [d.text for d in deltas] == ["a", " b", " c", " d e f g"]
+    assert [lp.token for lp in deltas[-1].logprobs] == ["d", "e", "f", "g"]
+    assert done.transcript.text == "a b c d e f g"
+
+
 async def test_all_segments_start_before_the_first_finishes():
     engine = ScriptedEngine(["a b c", "d e", "f"], [0.05, 0.001, 0.001])
     run, audio = transcriber(engine, 25)
