@@ -217,8 +217,8 @@ class Transcriber:
                            plan: _Plan, *, stream: bool,
                            ) -> AsyncIterator[list[tuple[SegmentRequest, str]]]:
         """The plan's segments as engine requests, a window's worth at a time, each batch
-        as soon as the VAD has seen its audio (in a worker thread: it is CPU work, and
-        waits for the decoder)."""
+        as soon as the VAD has seen its audio (in the plan's own thread: it is CPU work,
+        and waits for the decoder)."""
         prompt_ids = prompts.render_prompt(self.engine.tokenizer, options.instruction())
         request_id = uuid.uuid4().hex
         windows = self.planner(source, self.plan_options(options))

@@ -124,8 +124,14 @@ def decode_audio(
     """
     if not data:
         raise EmptyAudio("The uploaded file is empty.")
-    source = _WavSource.open(data, max_duration_s) or _FfmpegSource.open(data, max_duration_s)
+    source = _WavSource.open(data) or _FfmpegSource.open(data, max_duration_s)
     declared_s = source.declared_s
+    if max_duration_s is not None and declared_s is not None:
+        try:
+            _check_declared(declared_s, max_duration_s, source.slack)
+        except AudioTooLong:
+            source.close()
+            raise
     capacity = int((declared_s or 60.0) * TARGET_SAMPLE_RATE * 1.02) + 1024
     decoded = DecodedAudio(DecodingAudio(capacity), source.format, source.codec,
                            source.rate, source.channels, declared_s)
@@ -176,6 +182,11 @@ class _Source(Protocol):
     rate: int
     channels: int
     declared_s: float | None
+    slack: float
+    """How far past the limit the declared duration may be before it is refused."""
+
+    def close(self) -> None:
+        """Close the file without decoding it."""
 
     def chunks(self) -> Iterator[np.ndarray]:
         """16 kHz mono float32 chunks, in order; the file is closed at the end."""
@@ -191,6 +202,7 @@ class _WavSource:
     """PCM WAV via libsndfile."""
 
     format = "wav"
+    slack = 1.0  # the frame count is exact
 
     def __init__(self, file: sf.SoundFile, codec: str) -> None:
         self._file, self.codec = file, codec
@@ -198,7 +210,7 @@ class _WavSource:
         self.declared_s = file.frames / file.samplerate  # exact
 
     @classmethod
-    def open(cls, data: bytes, max_duration_s: float | None) -> _WavSource | None:
+    def open(cls, data: bytes) -> _WavSource | None:
         """None when the bytes are anything else."""
         # Sniff first: libsndfile would otherwise parse every upload (mp3s too, noisily).
         if data[:4] not in _WAV_MAGIC or data[8:12] != b"WAVE":
@@ -213,14 +225,10 @@ class _WavSource:
                 or file.frames * file.channels > len(data)):
             file.close()
             return None
-        source = cls(file, codec)
-        if max_duration_s is not None:  # exact count: no slack
-            try:
-                _check_declared(source.declared_s, max_duration_s, slack=1.0)
-            except AudioTooLong:
-                file.close()
-                raise
-        return source
+        return cls(file, codec)
+
+    def close(self) -> None:
+        self._file.close()
 
     def chunks(self) -> Iterator[np.ndarray]:
         resampler = _StreamResampler()
@@ -244,6 +252,8 @@ class _WavSource:
 
 
 class _FfmpegSource:
+    slack = _DECLARED_SLACK
+
     def __init__(self, container, stream, max_duration_s: float | None) -> None:
         self._container, self._stream = container, stream
         self._max_duration_s = max_duration_s
@@ -265,14 +275,10 @@ class _FfmpegSource:
             raise AudioDecodeError(
                 "Could not decode the uploaded file as audio: it has no audio stream."
             )
-        source = cls(container, stream, max_duration_s)
-        if max_duration_s is not None and source.declared_s is not None:
-            try:
-                _check_declared(source.declared_s, max_duration_s)
-            except AudioTooLong:
-                container.close()
-                raise
-        return source
+        return cls(container, stream, max_duration_s)
+
+    def close(self) -> None:
+        self._container.close()
 
     def chunks(self) -> Iterator[np.ndarray]:
         """Decoded, mixed to mono and resampled frame by frame."""
@@ -411,9 +417,7 @@ def _sanitize(x: np.ndarray) -> np.ndarray:
     return np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
 
 
-def _check_declared(
-    declared_s: float, max_duration_s: float, slack: float = _DECLARED_SLACK
-) -> None:
+def _check_declared(declared_s: float, max_duration_s: float, slack: float) -> None:
     if declared_s > max_duration_s * slack:
         raise AudioTooLong(
             f"Audio is {_seconds(declared_s)} s long; "
