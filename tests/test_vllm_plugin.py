@@ -43,3 +43,67 @@ def test_cuda_only_packages_are_absent(package):
     if torch.cuda.is_available():
         pytest.skip("GPU environments use the official vLLM and its own torch stack")
     assert importlib.util.find_spec(package) is None
+
+
+
+ENCODED_LENGTHS = [1, 37, 137, 150, 200, 263, 610]
+"""Encoder frames (50/s): under and over one attention block (200), several blocks;
+some pairs pad to the same length and share a batch."""
+
+
+def _encode_in_fresh_process(lengths: list[int]) -> dict[str, list[float]]:
+    """vLLM's encoder and projector (tiny model's shapes, random weights, float32), in a
+    process of their own: their parallel layers need vLLM's distributed state set up."""
+    import torch
+    from transformers import AutoConfig
+    from vllm.config import VllmConfig, set_current_vllm_config
+    from vllm.distributed import init_distributed_environment, initialize_model_parallel
+    from vllm.model_executor.models.granite_speech import (
+        GraniteSpeechCTCEncoder,
+        GraniteSpeechEncoderProjector,
+    )
+
+    from server.vllm_plugin.encoder import encode_audios
+    from tests.conftest import TRAINED_MODEL
+
+    config = AutoConfig.from_pretrained(TRAINED_MODEL)
+    with set_current_vllm_config(VllmConfig()):
+        init_distributed_environment(world_size=1, rank=0, local_rank=0, backend="gloo",
+                                     distributed_init_method="tcp://127.0.0.1:0")
+        initialize_model_parallel(1, 1)
+        torch.manual_seed(0)
+        encoder = GraniteSpeechCTCEncoder(config.encoder_config, prefix="encoder").eval()
+        projector = GraniteSpeechEncoderProjector(config, None, prefix="projector").eval()
+    for parameter in [*encoder.parameters(), *projector.parameters()]:  # vLLM's are empty
+        torch.nn.init.normal_(parameter, std=0.1)
+    for module in [*encoder.modules(), *projector.modules()]:  # as loading weights does
+        if getattr(module, "quant_method", None) is not None:
+            module.quant_method.process_weights_after_loading(module)
+    tokens_per_window = config.window_size // config.downsample_rate
+    diffs: dict[str, list[float]] = {"alone": [], "padded_beside_longest": []}
+    with torch.inference_mode():
+        features = [torch.randn(n, config.encoder_config.input_dim) for n in lengths]
+        longest = max(lengths)
+        stacked = torch.stack([torch.nn.functional.pad(f, (0, 0, 0, longest - len(f)))
+                               for f in features])
+        batched = projector(encoder(stacked))  # vLLM's own way: one padded batch
+        sizes = [-(-n // config.window_size) * tokens_per_window for n in lengths]
+        ours = encode_audios(encoder, projector, features, sizes)
+        for row, (feature, size) in enumerate(zip(features, sizes, strict=True)):
+            alone = projector(encoder(feature[None]))[0, :size]
+            scale = alone.abs().max().item()
+            diffs["alone"].append((ours[row] - alone).abs().max().item() / scale)
+            diffs["padded_beside_longest"].append(
+                (batched[row, :size] - alone).abs().max().item() / scale)
+    return diffs
+
+
+def test_each_audio_is_encoded_as_if_it_were_alone_and_unpadded():
+    """Batched with its padding masked, each audio gets the embeddings vLLM's encoder
+    gives it alone; in vLLM's own padded batch the shorter ones do not."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        diffs = pool.apply(_encode_in_fresh_process, (ENCODED_LENGTHS,))
+    assert max(diffs["alone"]) < 1e-4, diffs
+    assert min(diffs["padded_beside_longest"][:-1]) > 1e-3, diffs

@@ -5,7 +5,8 @@ vLLM's built-in Granite processor instantiates transformers'
 build that works beside vLLM's CPU torch. These subclasses replace every place
 vLLM would reach the Hugging Face processor with ``server.audio.features``,
 which computes the same log-mel features in plain torch. The neural network
-itself is vLLM's, unchanged.
+itself is vLLM's; ``server.vllm_plugin.encoder`` batches its encoder so that each
+audio's embeddings don't depend on what it is batched with.
 """
 
 from __future__ import annotations
@@ -23,12 +24,14 @@ from vllm.model_executor.models.granite_speech import (
     GraniteSpeechMultiModalProcessor,
     GraniteSpeechProcessingInfo,
 )
+from vllm.model_executor.models.interfaces import MultiModalEmbeddings
 from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.multimodal.parse import AudioProcessorItems, MultiModalDataParser
 from vllm.multimodal.processing import PromptReplacement
 from vllm.transformers_utils.repo_utils import get_hf_file_to_dict
 
 from server.audio.features import SAMPLE_RATE, audio_token_count, log_mel_features
+from server.vllm_plugin.encoder import encode_audios
 
 AUDIO_PLACEHOLDER = "<|audio|>"
 
@@ -134,7 +137,17 @@ class GraniteSpeechServerMultiModalProcessor(GraniteSpeechMultiModalProcessor):
     dummy_inputs=GraniteSpeechServerDummyInputsBuilder,
 )
 class GraniteSpeechServerForConditionalGeneration(GraniteSpeechForConditionalGeneration):
-    """vLLM's Granite speech network, fed by the torch-only processor above."""
+    """vLLM's Granite speech network, fed by the torch-only processor above, each audio
+    encoded as if alone (``server.vllm_plugin.encoder``)."""
+
+    def embed_multimodal(self, **kwargs: object) -> MultiModalEmbeddings:
+        features = kwargs.get("input_features")
+        if features is None:
+            return []
+        sizes = torch.as_tensor(kwargs["audio_embed_sizes"]).flatten().tolist()
+        # A list of (frames, 160) tensors, or one stacked tensor when all are one length.
+        audios = [feature.reshape(-1, feature.shape[-1]) for feature in features]
+        return encode_audios(self.encoder, self.projector, audios, sizes)
 
     @classmethod
     def get_num_audio_tokens(cls, audio_duration_s: float, stt_config: Any,
