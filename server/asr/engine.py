@@ -43,6 +43,10 @@ class SegmentRequest:
     score_last: int = 0
     """Also return the logprobs of the prompt's last ``score_last`` tokens (a draft
     being verified in one forward pass)."""
+    priority: int = 0
+    """The scheduler serves lower values first (then the earlier arrival). A file's
+    n-th segment gets n: every file's first segments go ahead of the later segments
+    of files that came before it."""
 
 
 @dataclass(frozen=True)
@@ -144,6 +148,9 @@ def engine_args(settings: Settings):
         # Our plugin's class: vLLM's own Granite processor needs torchaudio.
         hf_overrides={"architectures": [ARCHITECTURE]},
         disable_log_stats=True,
+        # SegmentRequest.priority: a short file's segments don't queue behind all of a
+        # long file's, and a stream's first words come first.
+        scheduling_policy="priority",
     )
 
 
@@ -212,7 +219,8 @@ class SpeechEngine:
         }
         request_id = request_id or uuid.uuid4().hex
         try:
-            async for output in self._llm.generate(prompt, params, request_id):
+            async for output in self._llm.generate(prompt, params, request_id,
+                                                   priority=request.priority):
                 yield _segment_result(output, request.score_last)
         except (EngineDeadError, EngineGenerateError) as exc:
             raise EngineError(f"The inference engine failed: {exc or type(exc).__name__}") from exc

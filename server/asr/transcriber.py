@@ -228,7 +228,7 @@ class Transcriber:
             batch = []
             for segment in segments:
                 request = self._segment_request(audio, segment, prompt_ids, options,
-                                                stream=stream)
+                                                stream=stream, priority=len(plan.requests))
                 plan.segments.append(segment)
                 plan.requests.append(request)
                 plan.request_ids.append(f"{request_id}-{len(plan.requests) - 1}")
@@ -260,7 +260,7 @@ class Transcriber:
 
     def _segment_request(self, audio: np.ndarray, segment: PlannedSegment,
                          prompt_ids: list[int], options: TranscriptionOptions, *,
-                         stream: bool) -> SegmentRequest:
+                         stream: bool, priority: int) -> SegmentRequest:
         return SegmentRequest(
             prompt_token_ids=prompt_ids,
             # A view, not a copy: a long file's samples are held once.
@@ -268,6 +268,7 @@ class Transcriber:
             max_tokens=self.output_budget(segment.num_audio_samples, len(prompt_ids)),
             temperature=options.temperature,
             stream=stream,
+            priority=priority,
         )
 
     async def _final(self, request: SegmentRequest, request_id: str) -> SegmentResult:

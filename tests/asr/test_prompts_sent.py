@@ -34,3 +34,20 @@ async def test_prompt_text_for_each_task_and_option(options, instruction):
     sent = {engine.tokenizer.decode(request.prompt_token_ids) for request in engine.requests}
     assert sent == {TURN.format(instruction)}
     assert all(request.temperature == options.temperature for request in engine.requests)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_files_nth_segment_is_sent_with_priority_n(stream):
+    """The engine serves lower priorities first: each file's first segments go ahead of
+    the later segments of files already queued (the engine is built to honour it)."""
+    from server.asr.engine import engine_args
+    from server.config import Settings
+
+    assert engine_args(Settings(model="m")).scheduling_policy == "priority"
+    engine = ScriptedEngine(["a", "b", "c", "d"], [0.001] * 4)
+    run, audio = transcriber(engine, 35)
+    if stream:
+        [_ async for _ in run.stream(audio, TranscriptionOptions())]
+    else:
+        await run.transcribe(audio, TranscriptionOptions())
+    assert [request.priority for request in engine.requests] == [0, 1, 2, 3]
