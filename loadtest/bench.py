@@ -35,6 +35,7 @@ class Outcome:
     status: int
     first_delta_s: float | None = None
     error: str | None = None
+    kind: str = ""
 
 
 @dataclass
@@ -49,6 +50,8 @@ class LevelResult:
     """Audio seconds transcribed per wall-clock second."""
     latency_s: dict[str, float]
     first_delta_s: dict[str, float]
+    latency_p50_by_kind: dict[str, float]
+    """Short clips, medium recordings, long ones with pauses: where the p50 comes from."""
     latencies: list[float] = field(repr=False)
 
 
@@ -71,10 +74,10 @@ async def send(client: httpx.AsyncClient, model: str, req: Request) -> Outcome:
             if response.status_code != 200:
                 error = f"HTTP {response.status_code}"
             return Outcome(req.recording.seconds, time.perf_counter() - start,
-                           response.status_code, first, error)
+                           response.status_code, first, error, req.recording.kind)
     except httpx.HTTPError as exc:
         return Outcome(req.recording.seconds, time.perf_counter() - start, 0, None,
-                       type(exc).__name__)
+                       type(exc).__name__, req.recording.kind)
 
 
 async def read_events(response: httpx.Response, start: float) -> tuple[float | None, str | None]:
@@ -137,6 +140,9 @@ def summarize(server: str, concurrency: int, outcomes: list[Outcome], wall_s: fl
         rtfx=round(sum(o.seconds_of_audio for o in ok) / wall_s, 2),
         latency_s=percentiles([o.latency_s for o in ok]),
         first_delta_s=percentiles([o.first_delta_s for o in ok if o.first_delta_s is not None]),
+        latency_p50_by_kind={kind: round(float(np.median([o.latency_s for o in ok
+                                                          if o.kind == kind])), 3)
+                             for kind in sorted({o.kind for o in ok})},
         latencies=sorted(o.latency_s for o in ok),
     )
 
@@ -218,6 +224,9 @@ def print_table(results: list[LevelResult], ratio_rows: list[dict]) -> None:
         print(f"{r.server:22} {r.concurrency:3} {r.requests:4} {sum(r.errors.values()):4} "
               f"{r.requests_per_s:7.3f} {r.rtfx:7.2f} {lat['p50']:7.2f} {lat['p90']:7.2f} "
               f"{lat['p99']:7.2f} {r.first_delta_s.get('p50', float('nan')):7.2f}")
+    for r in results:
+        print(f"p50 by kind, {r.server} c={r.concurrency}: " + ", ".join(
+            f"{kind} {p50:.2f} s" for kind, p50 in r.latency_p50_by_kind.items()))
     for row in ratio_rows:
         print("ours/vLLM c={concurrency}: ".format(**row) + ", ".join(
             f"{k} {v:.2f}" for k, v in row.items() if k != "concurrency" and v is not None))

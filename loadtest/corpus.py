@@ -26,6 +26,8 @@ class Recording:
     data: bytes
     suffix: str
     reference: str
+    kind: str = ""
+    """A key of ``KINDS``."""
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,7 @@ def recordings(seed: int = 0, per_kind: int = 2) -> list[Recording]:
             suffix = (".wav", ".mp3", ".ogg")[(k + i) % 3]
             made.append(Recording(f"{kind}-{i}{suffix}", samples.size / SAMPLE_RATE,
                                   encode(samples, suffix), suffix,
-                                  " ".join(p.text for p in placed)))
+                                  " ".join(p.text for p in placed), kind))
     return made
 
 

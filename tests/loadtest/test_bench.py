@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def short_recording() -> Recording:
     samples, placed = long_recording(8, distinct=3)
     return Recording("short.mp3", samples.size / 16000, encode(samples, ".mp3"), ".mp3",
-                     " ".join(p.text for p in placed))
+                     " ".join(p.text for p in placed), "short")
 
 
 @ON_THE_SESSION_LOOP
@@ -37,6 +37,8 @@ async def test_bench_measures_throughput_latency_and_first_delta(server_url, sho
         assert result.rtfx > 0 and result.requests_per_s > 0
         assert result.latency_s["p50"] <= result.latency_s["p99"]
         assert 0 < result.first_delta_s["p50"] <= result.latency_s["p99"]
+        assert set(result.latency_p50_by_kind) == {"short"}
+        assert result.latency_p50_by_kind["short"] == result.latency_s["p50"]
     plots = bench.plot(results, tmp_path)
     assert all(p.stat().st_size > 1000 for p in plots)
 
