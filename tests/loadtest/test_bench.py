@@ -82,3 +82,20 @@ def test_soak_verdict_looks_for_a_trend_not_a_single_swing():
     assert abs(flat["rss_growth_after_warmup"]) < 0.1
     leak = soak.verdict(report([1000 + 50 * i for i in range(11)]))
     assert leak["rss_growth_after_warmup"] > 0.25
+
+
+@ON_THE_SESSION_LOOP
+async def test_cpu_report_reads_the_engine_work_off_the_servers_metrics(server_url,
+                                                                         short_recording):
+    """``loadtest.cpu`` prints what the engine did from the server's own counters."""
+    from loadtest import cpu
+
+    # The server shares this event loop: read its metrics from a thread.
+    before = await asyncio.to_thread(cpu.counters, server_url)
+    await cpu.drive(server_url, "tiny-granite-speech",
+                    [Request(short_recording, "transcriptions", False, "json")], 1)
+    after = await asyncio.to_thread(cpu.counters, server_url)
+    assert after["granite_speech_segments_per_request_count"] == \
+        before.get("granite_speech_segments_per_request_count", 0) + 1
+    assert after["granite_speech_output_tokens_total"] > \
+        before.get("granite_speech_output_tokens_total", 0)

@@ -1,0 +1,110 @@
+"""Where a server's CPU goes under load: CPU seconds per process, and what the engine did.
+
+    python -m loadtest.cpu --server ours            # or vllm; --py-spy to sample stacks
+
+Starts the server (``loadtest.servers``), warms it with four requests, then sends the
+rest of the comparable workload (json transcriptions, plain and streamed, every request
+its own recording) from ``--concurrency`` clients. Prints the wall time, the CPU seconds
+(user + system) of the API server process, vLLM's engine core and its worker, and the
+engine's work from the server's own metrics. With ``--py-spy`` (installed separately),
+each process is sampled into ``<out>/<server>-<process>.txt`` (collapsed stacks).
+
+Note on reading it: vLLM's engine core and worker wait for each other by spinning on
+``sched_yield`` for up to a second after each message, so their CPU time counts waiting
+too; the py-spy samples say how much.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+
+from loadtest.bench import send
+from loadtest.corpus import Request, recordings, requests
+from loadtest.servers import our_command, running, vllm_command
+
+COUNTERS = re.compile(
+    r"^(vllm:(?:generation_tokens|prompt_tokens|request_success)_total"
+    r"|granite_speech_output_tokens_total|granite_speech_segments_per_request_count"
+    r"|granite_speech_segments_per_request_sum)(?:\{[^}]*\})?\s+([0-9.e+]+)$")
+
+
+async def drive(url: str, model: str, work: list[Request], concurrency: int) -> None:
+    pending = iter(work)
+    async with httpx.AsyncClient(base_url=url, timeout=600) as client:
+        async def client_loop() -> None:
+            for request in pending:
+                await send(client, model, request)
+        await asyncio.gather(*(client_loop() for _ in range(concurrency)))
+
+
+def counters(url: str) -> dict[str, float]:
+    found: dict[str, float] = {}
+    for line in httpx.get(url + "/metrics", timeout=10).text.splitlines():
+        if match := COUNTERS.match(line):
+            found[match[1]] = found.get(match[1], 0.0) + float(match[2])
+    return found
+
+
+def cpu_seconds(processes: dict[str, psutil.Process]) -> dict[str, float]:
+    return {name: sum(p.cpu_times()[:2]) for name, p in processes.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--server", choices=["ours", "vllm"], default="ours")
+    parser.add_argument("--model", default="tests/fixtures/tiny-granite-speech")
+    parser.add_argument("--requests", type=int, default=36, help="four of them warm up")
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--port", type=int, default=8803)
+    parser.add_argument("--py-spy", action="store_true")
+    parser.add_argument("--out", type=Path, default=Path("loadtest/results/cpu"))
+    args = parser.parse_args(argv)
+
+    recs = recordings(args.seed, per_kind=-(-args.requests // 3))
+    work = requests(recs, args.requests, seed=args.seed, comparable=True)
+    ours = args.server == "ours"
+    command = our_command if ours else vllm_command
+    model = Path(args.model).name if ours and Path(args.model).is_dir() else args.model
+    args.out.mkdir(parents=True, exist_ok=True)
+    log = args.out / f"{args.server}.log"
+    with running(command(args.model, args.port, []), "/ready" if ours else "/health",
+                 args.port, log) as server:
+        root = psutil.Process(server.pid)
+        processes = {"api": root, **{child.name(): child for child in root.children(True)
+                                     if child.name().startswith("VLLM::")}}
+        asyncio.run(drive(server.url, model, work[:4], 4))
+        before, counted = cpu_seconds(processes), counters(server.url)
+        spies = [subprocess.Popen(
+            ["py-spy", "record", "--nonblocking", "-r", "50", "-f", "raw", "-p", str(p.pid),
+             "-o", str(args.out / f"{args.server}-{name.replace('::', '-')}.txt")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for name, p in processes.items()] if args.py_spy else []
+        start = time.perf_counter()
+        asyncio.run(drive(server.url, model, work[4:], args.concurrency))
+        wall = time.perf_counter() - start
+        after, now_counted = cpu_seconds(processes), counters(server.url)
+        for spy in spies:
+            spy.send_signal(2)  # SIGINT: py-spy writes its samples and exits
+            spy.wait()
+    audio = sum(r.recording.seconds for r in work[4:])
+    print(f"{args.server}: {len(work) - 4} requests, {audio:.0f} s of audio, "
+          f"{args.concurrency} clients, wall {wall:.2f} s")
+    for name in processes:
+        print(f"  CPU s {name:18} {after[name] - before[name]:7.2f}")
+    print(f"  CPU s {'total':18} {sum(after.values()) - sum(before.values()):7.2f}")
+    for name, value in now_counted.items():
+        print(f"  {name} {value - counted.get(name, 0.0):.0f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
