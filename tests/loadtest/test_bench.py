@@ -95,7 +95,8 @@ async def test_cpu_report_reads_the_engine_work_off_the_servers_metrics(server_u
     await cpu.drive(server_url, "tiny-granite-speech",
                     [Request(short_recording, "transcriptions", False, "json")], 1)
     after = await asyncio.to_thread(cpu.counters, server_url)
-    assert after["granite_speech_segments_per_request_count"] == \
+    # At least ours: the server is shared, and another test's request may finish meanwhile.
+    assert after["granite_speech_segments_per_request_count"] >= \
         before.get("granite_speech_segments_per_request_count", 0) + 1
     assert after["granite_speech_output_tokens_total"] > \
         before.get("granite_speech_output_tokens_total", 0)
