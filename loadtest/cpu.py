@@ -26,23 +26,14 @@ from pathlib import Path
 import httpx
 import psutil
 
-from loadtest.bench import send
-from loadtest.corpus import Request, recordings, requests
+from loadtest.bench import run_level
+from loadtest.corpus import recordings, requests
 from loadtest.servers import our_command, running, vllm_command
 
 COUNTERS = re.compile(
     r"^(vllm:(?:generation_tokens|prompt_tokens|request_success)_total"
     r"|granite_speech_output_tokens_total|granite_speech_segments_per_request_count"
     r"|granite_speech_segments_per_request_sum)(?:\{[^}]*\})?\s+([0-9.e+]+)$")
-
-
-async def drive(url: str, model: str, work: list[Request], concurrency: int) -> None:
-    pending = iter(work)
-    async with httpx.AsyncClient(base_url=url, timeout=600) as client:
-        async def client_loop() -> None:
-            for request in pending:
-                await send(client, model, request)
-        await asyncio.gather(*(client_loop() for _ in range(concurrency)))
 
 
 def counters(url: str) -> dict[str, float]:
@@ -81,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         root = psutil.Process(server.pid)
         processes = {"api": root, **{child.name(): child for child in root.children(True)
                                      if child.name().startswith("VLLM::")}}
-        asyncio.run(drive(server.url, model, work[:4], 4))
+        asyncio.run(run_level(server.url, model, work[:4], 4, None, "warm-up"))
         before, counted = cpu_seconds(processes), counters(server.url)
         spies = [subprocess.Popen(
             ["py-spy", "record", "--nonblocking", "-r", "50", "-f", "raw", "-p", str(p.pid),
@@ -89,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             for name, p in processes.items()] if args.py_spy else []
         start = time.perf_counter()
-        asyncio.run(drive(server.url, model, work[4:], args.concurrency))
+        asyncio.run(run_level(server.url, model, work[4:], args.concurrency, None,
+                              args.server))
         wall = time.perf_counter() - start
         after, now_counted = cpu_seconds(processes), counters(server.url)
         for spy in spies:

@@ -42,13 +42,13 @@ def encode_audios(encoder: nn.Module, projector: nn.Module, features: Sequence[t
     embeds: list[torch.Tensor] = [torch.empty(0)] * len(features)
     dtype = encoder.input_linear.weight.dtype
     for padded, indices in batches.items():
-        lengths = torch.tensor([features[i].shape[0] for i in indices])
-        valid = torch.arange(padded) < lengths[:, None]  # (batch, frames)
         batch = torch.stack([F.pad(features[i], (0, 0, 0, padded - len(features[i])))
                              for i in indices]).to(dtype)
-        hidden = _encoder_forward(encoder, batch, valid.to(batch.device))
+        lengths = torch.tensor([features[i].shape[0] for i in indices], device=batch.device)
+        valid = torch.arange(padded, device=batch.device) < lengths[:, None]  # (batch, frames)
+        hidden = _encoder_forward(encoder, batch, valid)
         # The projector's last window of each audio: zeros past its end.
-        projected = projector(hidden * valid[..., None].to(hidden))
+        projected = projector(hidden.masked_fill(~valid[..., None], 0))
         for row, index in enumerate(indices):
             embeds[index] = projected[row, : embed_sizes[index]]
     return tuple(embeds)
@@ -70,7 +70,7 @@ def _encoder_forward(encoder: nn.Module, hidden: torch.Tensor,
 def _block_forward(layer: nn.Module, hidden: torch.Tensor, dists: torch.Tensor,
                    valid: torch.Tensor) -> torch.Tensor:
     hidden = 0.5 * layer.ff1(hidden) + hidden
-    hidden = block_attention(layer.attn, hidden, dists, valid) + hidden
+    hidden = _block_attention(layer.attn, hidden, dists, valid) + hidden
     hidden = _conv_forward(layer.conv, hidden, valid) + hidden
     hidden = 0.5 * layer.ff2(hidden) + hidden
     return layer.post_norm(hidden)
@@ -85,7 +85,7 @@ def _conv_forward(conv: nn.Module, hidden: torch.Tensor, valid: torch.Tensor) ->
     return conv.down_conv(hidden).permute(0, 2, 1)
 
 
-def block_attention(attn: nn.Module, hidden: torch.Tensor, dists: torch.Tensor,
+def _block_attention(attn: nn.Module, hidden: torch.Tensor, dists: torch.Tensor,
                     valid: torch.Tensor) -> torch.Tensor:
     """vLLM's attention within blocks of ``context_size`` frames, with Shaw relative
     positions, where no frame attends to padding (vLLM masks only the padding it adds
