@@ -107,3 +107,53 @@ def test_each_audio_is_encoded_as_if_it_were_alone_and_unpadded():
         diffs = pool.apply(_encode_in_fresh_process, (ENCODED_LENGTHS,))
     assert max(diffs["alone"]) < 1e-4, diffs
     assert min(diffs["padded_beside_longest"][:-1]) > 1e-3, diffs
+
+
+def _next_message_wait(spin_ms: float | None, notified: bool) -> tuple[float, float]:
+    """A reader of one of vLLM's shared-memory queues waits for a message written 0.5 s
+    after the one it last read: (CPU s the wait took, s from the write to the read).
+    In a process of its own: ``shm_wait.install`` changes vLLM's queues process-wide."""
+    import threading
+    import time
+
+    from vllm.distributed.device_communicators.shm_broadcast import MessageQueue
+
+    from server.vllm_plugin import shm_wait
+
+    if spin_ms is not None:
+        shm_wait.install(spin_ms)
+    writer = MessageQueue(n_reader=1, n_local_reader=1)
+    measured: dict[str, float] = {}
+
+    def read() -> None:
+        reader = MessageQueue.create_from_handle(writer.export_handle(), 0)
+        reader.wait_until_ready()
+        reader.dequeue()
+        cpu = time.thread_time()
+        reader.dequeue()
+        measured["cpu"] = time.thread_time() - cpu
+        measured["read"] = time.monotonic()
+
+    thread = threading.Thread(target=read)
+    thread.start()
+    writer.wait_until_ready()
+    writer.enqueue("step 1")
+    time.sleep(0.5)
+    if not notified:  # vLLM's notifications can be lost; simulate one
+        writer._spin_condition.notify = lambda: None
+    written = time.monotonic()
+    writer.enqueue("step 2")
+    thread.join()
+    return measured["cpu"], measured["read"] - written
+
+
+@pytest.mark.parametrize("notified", [True, False], ids=["notified", "notification_lost"])
+def test_engine_processes_wait_for_messages_without_spinning(notified):
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        vllm_cpu, _ = pool.apply(_next_message_wait, (None, notified))
+        cpu, latency = pool.apply(_next_message_wait, (2.0, notified))
+    assert vllm_cpu > 0.25, "vLLM's readers spin for 1 s after a read (why shm_wait exists)"
+    assert cpu < 0.05
+    assert latency < 0.05

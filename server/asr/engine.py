@@ -19,7 +19,7 @@ import numpy as np
 from server.audio.features import SAMPLE_RATE
 from server.config import Settings
 from server.errors import EngineError
-from server.vllm_plugin import ARCHITECTURE
+from server.vllm_plugin import ARCHITECTURE, shm_wait
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ class SpeechEngine:
     def start(cls, settings: Settings) -> SpeechEngine:
         """Build the engine (blocking: loads weights and spawns the engine core)."""
         check_granite_speech(settings.model)
-        _configure_cpu_backend(settings)
+        _configure_engine_environment(settings)
         from vllm.v1.engine.async_llm import AsyncLLM
 
         load = SchedulerLoad()
@@ -256,9 +256,12 @@ def _segment_result(output, score_last: int = 0) -> SegmentResult:
     )
 
 
-def _configure_cpu_backend(settings: Settings) -> None:
-    """On a CPU-only machine vLLM needs the KV cache size up front."""
+def _configure_engine_environment(settings: Settings) -> None:
+    """On a CPU-only machine vLLM needs the KV cache size up front. The engine's
+    processes read their busy-wait from the environment (``shm_wait``)."""
     import torch
 
+    if settings.engine_spin_ms is not None:
+        os.environ[shm_wait.SPIN_MS_ENV] = f"{settings.engine_spin_ms}"
     if not torch.cuda.is_available():
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{settings.cpu_kv_cache_gib}")
