@@ -131,6 +131,21 @@ class Settings(BaseSettings):
         description="KV cache size in GiB on CPU-only machines "
         "(VLLM_CPU_KVCACHE_SPACE, unless that is already set).",
     )
+    preprocessing_niceness: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="How far below the engine's CPU priority the threads that decode an "
+        "upload and detect its speech run (OS niceness, added to the server's). When CPUs "
+        "are short, the engine's steps, which every request waits on, go first. 0: equal.",
+    )
+    engine_spin_ms: float | None = Field(
+        None,
+        ge=0,
+        description="How long vLLM's engine core and worker busy-wait for each other's next "
+        "message before they sleep on it, in ms. Default: 2 on CPU-only machines, where the "
+        "spin takes CPU from the work; vLLM's own 1000 on GPUs.",
+    )
     enforce_eager: bool = Field(
         False, description="Disable CUDA graphs / compilation (faster start-up, slower decode)."
     )

@@ -230,6 +230,7 @@ async def decode_upload(state: AppState, file: UploadFile,
         decoded = await run_in_threadpool(
             decode_audio, data, head_s=HEAD_S,
             max_duration_s=settings.max_audio_seconds, min_duration_s=settings.min_audio_seconds,
+            rest_niceness=settings.preprocessing_niceness,
         )
     except ServerError as exc:
         container, codec = await run_in_threadpool(probe_format, data)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import math
-import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from server.audio.progressive import DecodeCancelled, DecodingAudio
 from server.audio.segment import PlannedSegment, Planner, PlanOptions, plan_in_windows
 from server.audio.vad import VadOptions
 from server.config import Settings
+from server.priority import start_thread
 
 Task = Literal["transcribe", "translate"]
 
@@ -222,7 +222,7 @@ class Transcriber:
         prompt_ids = prompts.render_prompt(self.engine.tokenizer, options.instruction())
         request_id = uuid.uuid4().hex
         windows = self.planner(source, self.plan_options(options))
-        async for segments in planned_ahead(windows):
+        async for segments in planned_ahead(windows, self.settings.preprocessing_niceness):
             # The planner has seen this audio: it is decoded, nothing waits.
             audio = source.until(segments[-1].audio_end)
             batch = []
@@ -392,10 +392,11 @@ def segment_words(log_probs: np.ndarray, segment: Segment, audio_offset_s: float
                 for i, word in enumerate(words)]
 
 
-async def planned_ahead(windows: Iterator[list[PlannedSegment]],
+async def planned_ahead(windows: Iterator[list[PlannedSegment]], niceness: int = 0,
                         ) -> AsyncIterator[list[PlannedSegment]]:
     """The plan's batches, computed in a thread of the request's own that runs ahead: the
-    VAD reads the next window while the event loop hands this one to the engine. Once the
+    VAD reads the next window while the event loop hands this one to the engine. The
+    thread runs at ``niceness`` (``server.priority``). Once the
     request is gone, closing its audio stops the thread at its next read."""
     loop = asyncio.get_running_loop()
     batches: asyncio.Queue = asyncio.Queue()
@@ -410,7 +411,7 @@ async def planned_ahead(windows: Iterator[list[PlannedSegment]],
         except BaseException as exc:  # noqa: BLE001 - raised to the request below
             loop.call_soon_threadsafe(batches.put_nowait, exc)
 
-    threading.Thread(target=plan, name="plan", daemon=True).start()
+    start_thread(plan, name="plan", niceness=niceness)
     while (batch := await batches.get()) is not None:
         if isinstance(batch, BaseException):
             raise batch

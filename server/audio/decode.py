@@ -25,7 +25,6 @@ from __future__ import annotations
 import io
 import logging
 import math
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
@@ -37,6 +36,7 @@ import soxr
 
 from server.audio.progressive import DecodeCancelled, DecodingAudio
 from server.errors import AudioDecodeError, AudioTooLong, AudioTooShort, EmptyAudio, ServerError
+from server.priority import start_thread
 
 log = logging.getLogger(__name__)
 
@@ -113,12 +113,13 @@ def decode_audio(
     max_duration_s: float | None = None,
     min_duration_s: float = 0.1,
     head_s: float = math.inf,
+    rest_niceness: int = 0,
 ) -> DecodedAudio:
     """Decode an upload held in memory. Blocking: run it in a thread.
 
     Decodes ``head_s`` seconds here; when the file declares its duration and is
     longer, a thread decodes the rest into ``DecodedAudio.audio`` and raises its
-    errors to the readers. ``max_duration_s`` also bounds memory (decoding stops just
+    errors to the readers (at ``rest_niceness``, see ``server.priority``). ``max_duration_s`` also bounds memory (decoding stops just
     past it); with None a small, highly compressed file can expand without limit.
     Raises EmptyAudio, AudioDecodeError, AudioTooShort or AudioTooLong.
     """
@@ -141,8 +142,8 @@ def decode_audio(
     head = head_s if declared_s is not None else math.inf
     if _decode_into(decoded.audio, chunks, source, limits, until=head * TARGET_SAMPLE_RATE):
         return decoded
-    threading.Thread(target=_decode_rest, args=(decoded.audio, chunks, source, limits),
-                     name="decode", daemon=True).start()
+    start_thread(_decode_rest, decoded.audio, chunks, source, limits, name="decode",
+                 niceness=rest_niceness)
     return decoded
 
 

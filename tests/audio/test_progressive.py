@@ -147,3 +147,22 @@ def test_the_plan_of_audio_still_decoding_is_the_plan_of_the_whole(long_wav):
     writer.join()
     expected = [s for batch in plan_in_windows(whole, PlanOptions()) for s in batch]
     assert len(expected) >= 20 and planned == expected
+
+
+def test_the_rest_is_decoded_at_the_niceness_asked_for(long_wav: Path, monkeypatch):
+    import os
+
+    from server.audio import decode
+
+    seen: list[int] = []
+    decode_rest = decode._decode_rest
+
+    def recorded(*args) -> None:
+        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        decode_rest(*args)
+
+    monkeypatch.setattr(decode, "_decode_rest", recorded)
+    before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    decoded = decode_audio(long_wav.read_bytes(), head_s=5, rest_niceness=3)
+    decoded.audio.whole()
+    assert seen == [min(19, before + 3)]
