@@ -119,8 +119,9 @@ def decode_audio(
 
     Decodes ``head_s`` seconds here; when the file declares its duration and is
     longer, a thread decodes the rest into ``DecodedAudio.audio`` and raises its
-    errors to the readers (at ``rest_niceness``, see ``server.priority``). ``max_duration_s`` also bounds memory (decoding stops just
-    past it); with None a small, highly compressed file can expand without limit.
+    errors to the readers (at ``rest_niceness``, see ``server.priority``).
+    ``max_duration_s`` also bounds memory (decoding stops just past it); with None a
+    small, highly compressed file can expand without limit.
     Raises EmptyAudio, AudioDecodeError, AudioTooShort or AudioTooLong.
     """
     if not data:
