@@ -9,10 +9,10 @@ its own recording) from ``--concurrency`` clients. Prints the wall time, the CPU
 engine's work from the server's own metrics. With ``--py-spy`` (installed separately),
 each process is sampled into ``<out>/<server>-<process>.txt`` (collapsed stacks).
 
-Note on reading it: vLLM's engine core and worker can wait for each other by spinning on
-``sched_yield`` (for up to a second after each message with ``GRANITE_SPEECH_ENGINE_SPIN_MS=1000``,
-vLLM's own setting; 2 ms by default on CPU hosts, both servers, through the plugin), and
-that spin counts as CPU time; the py-spy samples say how much.
+Note on reading it: vLLM's engine core and worker can wait for each other by spinning
+on ``sched_yield``, and that spin counts as CPU time (the py-spy samples say how much).
+Through the plugin both servers spin 2 ms after each message on CPU hosts; vLLM's own
+second comes back with ``GRANITE_SPEECH_ENGINE_SPIN_MS=1000``.
 """
 
 from __future__ import annotations
