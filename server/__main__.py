@@ -21,6 +21,11 @@ from server.logs import configure_logging
 def main(argv: list[str] | None = None) -> None:
     settings = CliApp.run(Settings, cli_args=sys.argv[1:] if argv is None else argv)
     configure_logging(settings.log_level, settings.log_format)
+    import torch
+
+    # Each request's CPU work (decoding, the VAD, features) runs in a thread of its own,
+    # many at once: torch's intra-op threads would only spin against them and the engine.
+    torch.set_num_threads(1)
     try:
         check_granite_speech(settings.model)
     except ModelUnavailable as exc:

@@ -1,9 +1,9 @@
 """Speech detection with Silero VAD (the model bundled in the silero-vad package).
 
-The package's "sequence" ONNX model gives the same per-frame probabilities as its
-streaming model but runs a block of frames per call, inside GIL-releasing ONNX
-Runtime kernels: ~800x real time on one core, where the frame-by-frame loop
-manages ~100x. CPU-bound: call from a worker thread, never the event loop.
+The network runs a block of frames per call (``server.audio.silero``, ~2200x real
+time on one core, where the package's frame-by-frame loop manages ~100x and its
+ONNX sequence model ~900x), inside GIL-releasing torch kernels. CPU-bound: call
+from a worker thread, never the event loop.
 """
 
 from __future__ import annotations
@@ -16,13 +16,10 @@ import numpy as np
 
 from server.audio.features import SAMPLE_RATE
 from server.audio.progressive import DecodingAudio
+from server.audio.silero import CONTEXT, FRAME, SileroNetwork
 
-FRAME = 512
-"""Samples per Silero frame at 16 kHz."""
-CONTEXT = 64
-"""Samples of the previous frame Silero sees before each frame."""
 BLOCK_FRAMES = 256
-"""Frames per ONNX call (~8 s): few calls, and a first window is ready soon."""
+"""Frames per network call (~8 s): few calls, and a first window is ready soon."""
 
 LEVEL_HOP = SAMPLE_RATE // 4
 """The level is measured as the RMS of 250 ms hops..."""
@@ -49,10 +46,8 @@ class VadOptions:
 
 
 @functools.cache
-def _model():
-    from silero_vad import load_silero_vad
-
-    return load_silero_vad(sequence=True)
+def _network() -> SileroNetwork:
+    return SileroNetwork()
 
 
 class SpeechDetector:
@@ -73,7 +68,7 @@ class SpeechDetector:
         self.options = options
         self._blocks = self._levelled_blocks()
         self._probs: list[np.ndarray] = []
-        self._state = (np.zeros((1, 1, 128), np.float32), np.zeros((1, 1, 128), np.float32))
+        self._state = _network().initial_state()
         self._num_frames = 0
 
     def regions(self, start: int, end: int) -> list[tuple[int, int]]:
@@ -100,15 +95,13 @@ class SpeechDetector:
         return self._end_at_last_speech(regions, probs, origin, end)
 
     def _probabilities(self, frames: int) -> np.ndarray:
-        session = _model().session
+        network = _network()
         while self._num_frames < frames:
             block = next(self._blocks, None)
             if block is None:
                 break
-            values, *state = session.run(["speech_probs", "hn", "cn"], {
-                "input": block, "h": self._state[0], "c": self._state[1]})
-            self._state = tuple(state)
-            self._probs.append(np.asarray(values, np.float32).reshape(-1))
+            values, self._state = network(block, self._state)
+            self._probs.append(values)
             self._num_frames += len(self._probs[-1])
         if len(self._probs) > 1:
             self._probs = [np.concatenate(self._probs)]
