@@ -26,7 +26,9 @@ from tests.ops.conftest import (
 KEYS = ["ops-key-one", "ops-key-two"]
 AUTH = {"Authorization": f"Bearer {KEYS[1]}"}
 AUDIO = "/v1/audio/transcriptions"
-ARGS = ("--max-segment-seconds", "2", "--shutdown-delay-seconds", "3",
+# Two sequences at a time in the engine: a long upload's ~750 two-second segments then
+# take it many seconds however fast the engine's steps are.
+ARGS = ("--max-segment-seconds", "2", "--max-num-seqs", "2", "--shutdown-delay-seconds", "3",
         "--shutdown-grace-seconds", "60", "--request-timeout-seconds", "0")
 
 
@@ -71,7 +73,7 @@ def json_log_lines(text: str) -> list[dict]:
 def test_sigterm_drains_finishes_in_flight_work_and_exits_zero(model_dir, tmp_path, speech,
                                                                keys_in_env):
     # Long enough to outlast the 3 s shutdown delay on a fast machine: ~750 two-second
-    # segments, several seconds of work for the test model.
+    # segments, two at a time (ARGS).
     seconds = 1500
     upload = long_speech_wav(speech, seconds)
     with server_process(model_dir, tmp_path, *ARGS) as server:
@@ -122,7 +124,7 @@ def engine_core(server_pid: int) -> psutil.Process:
 def test_engine_death_fails_the_request_with_503_and_the_process_exits_nonzero(
         model_dir, tmp_path, speech, keys_in_env):
     # Long enough to outlast the 3 s shutdown delay on a fast machine: ~750 two-second
-    # segments, several seconds of work for the test model.
+    # segments, two at a time (ARGS).
     seconds = 1500
     upload = long_speech_wav(speech, seconds)
     with server_process(model_dir, tmp_path, *ARGS) as server:
