@@ -45,14 +45,14 @@ class SileroNetwork:
         # frequency 0 is the window.
         self.window = weights["stft.forward_basis_buffer"][0, 0].clone()
         self.convs = [(weights[f"encoder.{i}.reparam_conv.weight"],
-                       weights[f"encoder.{i}.reparam_conv.bias"]) for i in range(4)]
-        self.strides = (1, 2, 2, 1)
+                       weights[f"encoder.{i}.reparam_conv.bias"], stride)
+                      for i, stride in enumerate((1, 2, 2, 1))]
         self.lstm = torch.nn.LSTM(128, 128)
         for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
-            getattr(self.lstm, f"{name}_l0").data = weights[f"decoder.rnn.{name}"].clone()
+            getattr(self.lstm, f"{name}_l0").data = weights[f"decoder.rnn.{name}"]
         self.lstm.eval()
-        self.output = (weights["decoder.decoder.2.weight"][0, :, 0].clone(),
-                       weights["decoder.decoder.2.bias"].clone())
+        self.output = (weights["decoder.decoder.2.weight"][0, :, 0],
+                       weights["decoder.decoder.2.bias"])
 
     def initial_state(self) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.zeros(STATE_SHAPE), torch.zeros(STATE_SHAPE)
@@ -65,7 +65,7 @@ class SileroNetwork:
         x = F.pad(torch.from_numpy(frames)[:, None], (0, _REFLECT), mode="reflect")[:, 0]
         spectrum = torch.fft.rfft(x.unfold(1, _WINDOW, _HOP) * self.window).abs()
         hidden = spectrum.transpose(1, 2)  # (frames, 129 bins, 4 windows)
-        for (weight, bias), stride in zip(self.convs, self.strides, strict=True):
+        for weight, bias, stride in self.convs:
             hidden = F.conv1d(hidden, weight, bias, stride=stride, padding=1).relu()
         out, state = self.lstm(hidden[:, :, 0][:, None], state)  # one step per frame
         weight, bias = self.output
