@@ -63,7 +63,9 @@ class SileroNetwork:
         """(frames, CONTEXT + FRAME) float32 samples -> (frames,) probabilities, and the
         state after the last frame."""
         x = F.pad(torch.from_numpy(frames)[:, None], (0, _REFLECT), mode="reflect")[:, 0]
-        spectrum = torch.fft.rfft(x.unfold(1, _WINDOW, _HOP) * self.window).abs()
+        spectrum = torch.fft.rfft(x.unfold(1, _WINDOW, _HOP) * self.window)
+        # The magnitude from its parts: complex abs() takes 2.5x as long here.
+        spectrum = (spectrum.real.square() + spectrum.imag.square()).sqrt()
         hidden = spectrum.transpose(1, 2)  # (frames, 129 bins, 4 windows)
         for weight, bias, stride in self.convs:
             hidden = F.conv1d(hidden, weight, bias, stride=stride, padding=1).relu()
