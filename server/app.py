@@ -116,6 +116,7 @@ async def _bring_up(state: AppState, *, own_engine: bool) -> None:
         # Readiness means the engine really answered, and the first client
         # doesn't pay for the first request.
         await state.transcriber.warm_up()
+        memory.freeze_startup_heap()
         state.ready = True
         log.info("Ready: serving %s", ", ".join(state.settings.model_names))
     except asyncio.CancelledError:

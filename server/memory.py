@@ -12,10 +12,23 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import gc
 import ctypes.util
 from collections.abc import Callable
 
 TRIM_INTERVAL_S = 10.0
+
+
+def freeze_startup_heap() -> None:
+    """Exempt everything alive after start-up from the garbage collector's full passes.
+
+    Start-up leaves millions of long-lived objects (torch, vLLM, transformers), and a full
+    pass walks them all: 0.37-0.5 s with the GIL held, which every request in flight waits
+    out, every few minutes under load (measured in the soak). Frozen, they are never
+    walked again; what requests allocate is collected as before. (vLLM's engine core
+    freezes its start-up heap the same way.)"""
+    gc.collect()
+    gc.freeze()
 
 
 def libc_malloc_trim() -> Callable[[], object] | None:

@@ -66,7 +66,10 @@ class SpeechDetector:
     def __init__(self, audio: np.ndarray | DecodingAudio, options: VadOptions) -> None:
         self.audio = DecodingAudio.of(audio)
         self.options = options
-        self._blocks = self._levelled_blocks()
+        # A function of the audio alone: a generator method would hold the detector, which
+        # holds the generator, and that cycle (with the whole recording) would wait for
+        # the garbage collector's rare full pass instead of going with the request.
+        self._blocks = levelled_blocks(self.audio)
         self._probs: list[np.ndarray] = []
         self._state = _network().initial_state()
         self._num_frames = 0
@@ -107,27 +110,6 @@ class SpeechDetector:
             self._probs = [np.concatenate(self._probs)]
         return self._probs[0] if self._probs else np.zeros(0, np.float32)
 
-    def _levelled_blocks(self) -> Iterator[np.ndarray]:
-        """Silero's input, a block at a time: (frames, CONTEXT + FRAME) arrays of the
-        levelled audio, each frame led by the previous frame's tail (zeros at first).
-        A block waits for its audio and the level's look-ahead to be decoded."""
-        first = 0
-        while True:
-            wanted = (first + BLOCK_FRAMES) * FRAME + LEVEL_LOOKAHEAD
-            audio = self.audio.until(wanted)
-            num_frames = -(-audio.size // FRAME)
-            if first >= num_frames:
-                return
-            count = min(BLOCK_FRAMES, num_frames - first)
-            lo, hi = first * FRAME - CONTEXT, min(audio.size, (first + count) * FRAME)
-            samples = np.zeros(count * FRAME + CONTEXT, np.float32)
-            skip = max(0, -lo)
-            samples[skip : skip + hi - max(lo, 0)] = audio[max(lo, 0) : hi]
-            samples[skip : skip + hi - max(lo, 0)] *= level_gains(audio, max(lo, 0), hi)
-            windows = np.lib.stride_tricks.sliding_window_view(samples, CONTEXT + FRAME)
-            yield np.ascontiguousarray(windows[::FRAME])
-            first += count
-
     def _end_at_last_speech(self, regions: list[tuple[int, int]], probs: np.ndarray,
                             origin: int, end: int) -> list[tuple[int, int]]:
         """Silero ends a region still open at the end of the audio there, even when the
@@ -140,6 +122,28 @@ class SpeechDetector:
         pad = self.options.speech_pad_ms * SAMPLE_RATE // 1000
         last = min(end, origin + int(speech[-1] + 1) * FRAME + pad) if speech.size else end
         return [*regions[:-1], (start, max(last, start + 1))]
+
+
+def levelled_blocks(audio: DecodingAudio) -> Iterator[np.ndarray]:
+    """Silero's input, a block at a time: (frames, CONTEXT + FRAME) arrays of the
+    levelled audio, each frame led by the previous frame's tail (zeros at first).
+    A block waits for its audio and the level's look-ahead to be decoded."""
+    first = 0
+    while True:
+        wanted = (first + BLOCK_FRAMES) * FRAME + LEVEL_LOOKAHEAD
+        decoded = audio.until(wanted)
+        num_frames = -(-decoded.size // FRAME)
+        if first >= num_frames:
+            return
+        count = min(BLOCK_FRAMES, num_frames - first)
+        lo, hi = first * FRAME - CONTEXT, min(decoded.size, (first + count) * FRAME)
+        samples = np.zeros(count * FRAME + CONTEXT, np.float32)
+        skip = max(0, -lo)
+        samples[skip : skip + hi - max(lo, 0)] = decoded[max(lo, 0) : hi]
+        samples[skip : skip + hi - max(lo, 0)] *= level_gains(decoded, max(lo, 0), hi)
+        windows = np.lib.stride_tricks.sliding_window_view(samples, CONTEXT + FRAME)
+        yield np.ascontiguousarray(windows[::FRAME])
+        first += count
 
 
 def level_gains(audio: np.ndarray, start: int, end: int) -> np.ndarray:
