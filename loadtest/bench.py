@@ -6,6 +6,8 @@
     # this server vs vLLM's own endpoint, same model, same machine, one run
     python -m loadtest.bench --compare-vllm --model tests/fixtures/tiny-granite-speech \\
         --concurrency 1,4 --requests 30
+    # both servers up at once, each level sent in 5 parts to one then the other
+    python -m loadtest.bench --compare-vllm --interleave 5 --concurrency 1,4,8 --requests 60
 
 Writes ``<out>/bench.json`` and PNG plots (latency CDF, RTFx against concurrency).
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 import time
@@ -161,6 +164,41 @@ async def bench(url: str, model: str, server: str, warm_up: Request,
     return results
 
 
+@dataclass(frozen=True)
+class Target:
+    url: str
+    model: str
+    server: str
+
+
+async def bench_interleaved(targets: list[Target], warm_up: Request, works: list[list[Request]],
+                            levels: list[int], blocks: int) -> list[LevelResult]:
+    """Servers running side by side, each level's work cut into ``blocks`` parts that go
+    to every server in turn, the order reversed at every part (ABBA...). A machine whose
+    speed drifts between minutes (a VM's does, by up to ~30% here) then slows every
+    server alike, where a run of one server after the other hands the drift to one side.
+    Each server's wall time is the sum of its parts; every part starts with all its
+    clients and ends with its slowest, so use parts of several requests per client."""
+    for target in targets:
+        async with httpx.AsyncClient(base_url=target.url, timeout=600) as client:
+            await send(client, target.model, warm_up)
+    results = []
+    for concurrency, work in zip(levels, works):
+        outcomes: dict[str, list[Outcome]] = {t.server: [] for t in targets}
+        walls = dict.fromkeys(outcomes, 0.0)
+        size = -(-len(work) // blocks)
+        for part in range(blocks):
+            for target in targets if part % 2 == 0 else targets[::-1]:
+                start = time.perf_counter()
+                outcomes[target.server] += await run_level(
+                    target.url, target.model, work[part * size : (part + 1) * size],
+                    concurrency, None, f"{target.server} part {part + 1}/{blocks}")
+                walls[target.server] += time.perf_counter() - start
+        results += [summarize(t.server, concurrency, outcomes[t.server], walls[t.server])
+                    for t in targets]
+    return results
+
+
 def plot(results: list[LevelResult], out: Path) -> list[Path]:
     import matplotlib
 
@@ -241,7 +279,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, help="stop each level after this many s")
     parser.add_argument("--compare-vllm", action="store_true",
                         help="start this server, then vLLM's own, and compare")
-    parser.add_argument("--port", type=int, default=8791)
+    parser.add_argument("--interleave", type=int, default=1, metavar="PARTS",
+                        help="with --compare-vllm: run both servers at once and send each "
+                        "level's requests in PARTS parts, to one server then the other "
+                        "(ABBA), so the machine's drift falls on both; 1 (default) runs "
+                        "one server's levels, then the other's")
+    parser.add_argument("--port", type=int, default=8791, help="and the next one, interleaved")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("loadtest/results/bench"))
     args = parser.parse_args(argv)
@@ -258,14 +301,24 @@ def main(argv: list[str] | None = None) -> int:
     results: list[LevelResult] = []
     if args.compare_vllm:
         name = Path(args.model).name if Path(args.model).is_dir() else args.model
-        for server, command, ready, model in [
-            ("granite-speech-server", our_command, "/ready", name),
-            ("vllm", vllm_command, "/health", args.model),
-        ]:
-            log = args.out / f"{server}.log"
-            with running(command(args.model, args.port, []), ready, args.port, log) as proc:
-                results += asyncio.run(bench(proc.url, model, server, warm_up, works,
-                                             levels, args.duration))
+        servers = [("granite-speech-server", our_command, "/ready", name),
+                   ("vllm", vllm_command, "/health", args.model)]
+        if args.interleave > 1:
+            with contextlib.ExitStack() as stack:
+                targets = [Target(stack.enter_context(running(
+                    command(args.model, port, []), ready, port,
+                    args.out / f"{server}.log")).url, model, server)
+                    for port, (server, command, ready, model)
+                    in enumerate(servers, start=args.port)]
+                results = asyncio.run(bench_interleaved(targets, warm_up, works, levels,
+                                                        args.interleave))
+        else:
+            for server, command, ready, model in servers:
+                log = args.out / f"{server}.log"
+                with running(command(args.model, args.port, []), ready, args.port,
+                             log) as proc:
+                    results += asyncio.run(bench(proc.url, model, server, warm_up, works,
+                                                 levels, args.duration))
     else:
         if not args.url:
             parser.error("--url is required without --compare-vllm")

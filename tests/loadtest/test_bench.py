@@ -101,3 +101,16 @@ async def test_cpu_report_reads_the_engine_work_off_the_servers_metrics(server_u
         before.get("granite_speech_segments_per_request_count", 0) + 1
     assert after["granite_speech_output_tokens_total"] > \
         before.get("granite_speech_output_tokens_total", 0)
+
+
+@ON_THE_SESSION_LOOP
+async def test_interleaved_parts_go_to_every_server_in_turn(server_url, short_recording):
+    work = [Request(short_recording, "transcriptions", stream, "json")
+            for stream in (False, True, False, True, False, True)]
+    targets = [bench.Target(server_url, "tiny-granite-speech", name) for name in ("a", "b")]
+    results = await bench.bench_interleaved(targets, work[0], [work], [2], blocks=3)
+    assert [(r.server, r.concurrency) for r in results] == [("a", 2), ("b", 2)]
+    for result in results:
+        assert result.requests == 6 and result.errors == {}
+        assert result.latency_s["p50"] < result.wall_s
+        assert 0 < result.first_delta_s["p50"] <= result.latency_s["p99"]
