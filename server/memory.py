@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import gc
 import ctypes.util
+import gc
 from collections.abc import Callable
 
 TRIM_INTERVAL_S = 10.0
