@@ -46,9 +46,9 @@ def test_cuda_only_packages_are_absent(package):
 
 
 
-ENCODED_LENGTHS = [1, 37, 137, 150, 200, 263, 610]
+ENCODED_LENGTHS = [1, 37, 137, 150, 200, 263, 610, 900]
 """Encoder frames (50/s): under and over one attention block (200), several blocks;
-some pairs pad to the same length and share a batch."""
+more than one pack's worth (``PACK_FRAMES``) in all, so encoded in two packs."""
 
 
 def _encode_in_fresh_process(lengths: list[int]) -> dict[str, list[float]]:
@@ -96,6 +96,15 @@ def _encode_in_fresh_process(lengths: list[int]) -> dict[str, list[float]]:
             diffs["padded_beside_longest"].append(
                 (batched[row, :size] - alone).abs().max().item() / scale)
     return diffs
+
+
+def test_audios_are_packed_in_order_up_to_the_pack_size():
+    from server.vllm_plugin.encoder import PACK_FRAMES, _packs
+
+    lengths = [1000, 400, 200, PACK_FRAMES + 500, 10]
+    assert _packs(lengths) == [slice(0, 2), slice(2, 3), slice(3, 4), slice(4, 5)]
+    assert _packs([10] * 3) == [slice(0, 3)]
+    assert _packs([]) == []
 
 
 def test_each_audio_is_encoded_as_if_it_were_alone_and_unpadded():
