@@ -288,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("loadtest/results/bench"))
     args = parser.parse_args(argv)
+    if args.interleave > 1 and (not args.compare_vllm or args.duration):
+        parser.error("--interleave needs --compare-vllm and a request count, not --duration")
 
     levels = [int(c) for c in args.concurrency.split(",")]
     # A recording per request: every level gets its own share of the corpus.

@@ -9,9 +9,9 @@ Here an engine step's audios are packed end to end into one sequence, each in a 
 of its own: the slot starts on a projector window and leaves at least the depthwise
 convolution's reach of zeros after the audio. Every frame-wise layer (the feed-forward
 modules, the projections, the norms: most of the work) then runs once over the
-packed frames, with no padding to the longest and one call per layer however many
-audios there are (each call costs ~4 ms of set-up for the ~200 operators of the
-tiny network, so grouping audios by length cost a call per group). What would mix
+packed frames, with no padding to the longest and one call per layer for each ~30 s
+pack however many audios it holds (each call costs ~4 ms of set-up for the ~200
+operators of the tiny network, so grouping audios by length cost a call per group). What would mix
 audios is kept apart: attention runs within each audio's own blocks of
 ``context_size`` frames (gathered from the sequence, never taking another audio's
 frame or a gap as a key), the convolution sees zeros in the gaps, as it does past
@@ -29,7 +29,7 @@ The modules and weights are vLLM's; this replaces only their ``forward`` plumbin
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from itertools import accumulate
 
 import torch
 import torch.nn.functional as F
@@ -72,15 +72,15 @@ def _encode_packed(encoder: nn.Module, projector: nn.Module, features: Sequence[
     reach = max(encoder.layers[0].conv.depth_conv.padding)
     lengths = [feature.shape[0] for feature in features]
     slots = [-(-(length + reach) // window) * window for length in lengths]
-    offsets = [sum(slots[:i]) for i in range(len(slots))]
+    offsets = [0, *accumulate(slots)][:-1]
     packed = features[0].new_zeros(sum(slots), features[0].shape[-1],
                                    dtype=encoder.input_linear.weight.dtype)
     valid = torch.zeros(sum(slots), dtype=torch.bool, device=packed.device)
     for offset, length, feature in zip(offsets, lengths, features):
         packed[offset : offset + length] = feature
         valid[offset : offset + length] = True
-    blocks = AttentionBlocks.of(offsets, lengths, encoder.layers[0].attn.context_size,
-                                packed.device)
+    blocks = _attention_blocks(offsets, lengths, encoder.layers[0].attn.context_size,
+                               packed.device)
     hidden = _encoder_forward(encoder, packed[None], valid[None], blocks)
     # The projector's last window of each audio: zeros past its end.
     projected = projector(hidden.masked_fill(~valid[None, :, None], 0))[0]
@@ -89,32 +89,29 @@ def _encode_packed(encoder: nn.Module, projector: nn.Module, features: Sequence[
                  for offset, size in zip(offsets, embed_sizes))
 
 
-@dataclass(frozen=True)
-class AttentionBlocks:
-    """Where each audio's attention blocks lie in the packed sequence, batched by length:
-    per batch, a (blocks, length) index of frames and a mask of which are the block's."""
+AttentionBlocks = list[tuple[torch.Tensor, torch.Tensor]]
+"""Where the audios' attention blocks lie in the packed sequence, batched by length: per
+batch, a (blocks, length) index of frames and a mask of which are the block's."""
 
-    batches: list[tuple[torch.Tensor, torch.Tensor]]
 
-    @classmethod
-    def of(cls, offsets: Sequence[int], lengths: Sequence[int], context: int,
-           device: torch.device) -> AttentionBlocks:
-        by_size: dict[int, list[tuple[int, int]]] = {}
-        for offset, length in zip(offsets, lengths):
-            for start in range(0, length, context):
-                size = min(context, length - start)
-                padded = min(context, -(-size // BLOCK_QUANTUM) * BLOCK_QUANTUM)
-                by_size.setdefault(padded, []).append((offset + start, size))
-        batches = []
-        for padded, blocks in by_size.items():
-            steps = torch.arange(padded, device=device)
-            starts = torch.tensor([start for start, _ in blocks], device=device)
-            sizes = torch.tensor([size for _, size in blocks], device=device)
-            inside = steps < sizes[:, None]
-            # Past a block's end the index repeats its first frame: masked as a key,
-            # and its query's output is dropped.
-            batches.append((starts[:, None] + steps * inside, inside))
-        return cls(batches)
+def _attention_blocks(offsets: Sequence[int], lengths: Sequence[int], context: int,
+                      device: torch.device) -> AttentionBlocks:
+    by_size: dict[int, list[tuple[int, int]]] = {}
+    for offset, length in zip(offsets, lengths):
+        for start in range(0, length, context):
+            size = min(context, length - start)
+            padded = min(context, -(-size // BLOCK_QUANTUM) * BLOCK_QUANTUM)
+            by_size.setdefault(padded, []).append((offset + start, size))
+    batches = []
+    for padded, blocks in by_size.items():
+        steps = torch.arange(padded, device=device)
+        starts = torch.tensor([start for start, _ in blocks], device=device)
+        sizes = torch.tensor([size for _, size in blocks], device=device)
+        inside = steps < sizes[:, None]
+        # Past a block's end the index repeats its first frame: masked as a key, and
+        # its query's output is dropped.
+        batches.append((starts[:, None] + steps * inside, inside))
+    return batches
 
 
 def _encoder_forward(encoder: nn.Module, hidden: torch.Tensor, valid: torch.Tensor,
@@ -161,7 +158,7 @@ def _block_attention(attn: nn.Module, hidden: torch.Tensor,
     query = attn.to_q(hidden)
     key, value = attn.to_kv(hidden).chunk(2, dim=-1)
     out = query.new_zeros(query.shape)
-    for index, inside in blocks.batches:
+    for index, inside in blocks:
         count, size = index.shape
 
         def gather(states: torch.Tensor) -> torch.Tensor:
