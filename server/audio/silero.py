@@ -62,7 +62,9 @@ class SileroNetwork:
                  ) -> tuple[np.ndarray, tuple[torch.Tensor, torch.Tensor]]:
         """(frames, CONTEXT + FRAME) float32 samples -> (frames,) probabilities, and the
         state after the last frame."""
-        x = F.pad(torch.from_numpy(frames)[:, None], (0, _REFLECT), mode="reflect")[:, 0]
+        samples = torch.from_numpy(frames)
+        # The mirror by hand: F.pad's reflect mode took 8x as long (~4% of the call).
+        x = torch.cat([samples, samples[:, -_REFLECT - 1 : -1].flip(1)], dim=1)
         spectrum = torch.fft.rfft(x.unfold(1, _WINDOW, _HOP) * self.window)
         # The magnitude from its parts: complex abs() takes 2.5x as long here.
         spectrum = (spectrum.real.square() + spectrum.imag.square()).sqrt()
