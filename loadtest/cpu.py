@@ -5,9 +5,11 @@
 Starts the server (``loadtest.servers``), warms it with four requests, then sends the
 rest of the comparable workload (json transcriptions, plain and streamed, every request
 its own recording) from ``--concurrency`` clients. Prints the wall time, the CPU seconds
-(user + system) of the API server process, vLLM's engine core and its worker, and the
-engine's work from the server's own metrics. With ``--py-spy`` (installed separately),
-each process is sampled into ``<out>/<server>-<process>.txt`` (collapsed stacks).
+(user + system) of the API server process, vLLM's engine core and its worker, each as a
+share of the wall time and their total as a share of the machine's cores (what binds the
+run: the worker is pinned to one core), and the engine's work from the server's own
+metrics. With ``--py-spy`` (installed separately), each process is sampled into
+``<out>/<server>-<process>.txt`` (collapsed stacks).
 
 Note on reading it: vLLM's engine core and worker can wait for each other by spinning
 on ``sched_yield``, and that spin counts as CPU time (the py-spy samples say how much).
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import re
 import subprocess
 import time
@@ -47,6 +50,18 @@ def counters(url: str) -> dict[str, float]:
 
 def cpu_seconds(processes: dict[str, psutil.Process]) -> dict[str, float]:
     return {name: sum(p.cpu_times()[:2]) for name, p in processes.items()}
+
+
+def cpu_lines(used: dict[str, float], wall_s: float, cores: int) -> list[str]:
+    """Each process's CPU seconds as a share of the wall time, and the total as a share of
+    the machine: what binds the run. A process near 100% is a bottleneck of its own (the
+    engine worker runs on one core); a total near 100% means every core is busy."""
+    lines = [f"  CPU s {name:18} {seconds:7.2f}   {seconds / wall_s:4.0%} of the wall"
+             for name, seconds in used.items()]
+    total = sum(used.values())
+    lines.append(f"  CPU s {'total':18} {total:7.2f}   {total / (wall_s * cores):4.0%} "
+                 f"of {cores} cores")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,9 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     audio = sum(r.recording.seconds for r in work[4:])
     print(f"{args.server}: {len(work) - 4} requests, {audio:.0f} s of audio, "
           f"{args.concurrency} clients, wall {wall:.2f} s")
-    for name in processes:
-        print(f"  CPU s {name:18} {after[name] - before[name]:7.2f}")
-    print(f"  CPU s {'total':18} {sum(after.values()) - sum(before.values()):7.2f}")
+    used = {name: after[name] - before[name] for name in processes}
+    print("\n".join(cpu_lines(used, wall, len(os.sched_getaffinity(0)))))
     for name, value in now_counted.items():
         print(f"  {name} {value - counted.get(name, 0.0):.0f}")
     return 0

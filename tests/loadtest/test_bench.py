@@ -103,6 +103,14 @@ async def test_cpu_report_reads_the_engine_work_off_the_servers_metrics(server_u
         before.get("granite_speech_output_tokens_total", 0)
 
 
+def test_cpu_report_says_what_binds_the_run():
+    from loadtest import cpu
+
+    lines = cpu.cpu_lines({"api": 7.0, "VLLM::Worker": 5.5}, wall_s=8.0, cores=2)
+    assert "88% of the wall" in lines[0] and "69% of the wall" in lines[1]
+    assert lines[-1].split()[3] == "12.50" and "78% of 2 cores" in lines[-1]
+
+
 @ON_THE_SESSION_LOOP
 async def test_interleaved_parts_go_to_every_server_in_turn(server_url, short_recording):
     work = [Request(short_recording, "transcriptions", stream, "json")
