@@ -11,8 +11,8 @@ convolution's reach of zeros after the audio. Every frame-wise layer (the feed-f
 modules, the projections, the norms: most of the work) then runs once over the
 packed frames, with no padding to the longest and one call per layer for each ~30 s
 pack however many audios it holds (each call costs ~4 ms of set-up for the ~200
-operators of the tiny network, so grouping audios by length cost a call per group). What would mix
-audios is kept apart: attention runs within each audio's own blocks of
+operators of the tiny network, so grouping audios by length cost a call per group).
+What would mix audios is kept apart: attention runs within each audio's own blocks of
 ``context_size`` frames (gathered from the sequence, never taking another audio's
 frame or a gap as a key), the convolution sees zeros in the gaps, as it does past
 the end of an audio encoded alone, and the projector's windows never straddle two
@@ -89,9 +89,11 @@ def _encode_packed(encoder: nn.Module, projector: nn.Module, features: Sequence[
                  for offset, size in zip(offsets, embed_sizes))
 
 
-AttentionBlocks = list[tuple[torch.Tensor, torch.Tensor]]
+AttentionBlocks = list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 """Where the audios' attention blocks lie in the packed sequence, batched by length: per
-batch, a (blocks, length) index of frames and a mask of which are the block's."""
+batch, a (blocks, length) index of frames, a mask of which are the block's, and the
+sequence frames those are (where the batch's output goes). The same for every layer:
+computed once per pack."""
 
 
 def _attention_blocks(offsets: Sequence[int], lengths: Sequence[int], context: int,
@@ -110,7 +112,8 @@ def _attention_blocks(offsets: Sequence[int], lengths: Sequence[int], context: i
         inside = steps < sizes[:, None]
         # Past a block's end the index repeats its first frame: masked as a key, and
         # its query's output is dropped.
-        batches.append((starts[:, None] + steps * inside, inside))
+        index = starts[:, None] + steps * inside
+        batches.append((index, inside, index[inside]))
     return batches
 
 
@@ -158,7 +161,7 @@ def _block_attention(attn: nn.Module, hidden: torch.Tensor,
     query = attn.to_q(hidden)
     key, value = attn.to_kv(hidden).chunk(2, dim=-1)
     out = query.new_zeros(query.shape)
-    for index, inside in blocks:
+    for index, inside, frames in blocks:
         count, size = index.shape
 
         def gather(states: torch.Tensor) -> torch.Tensor:
@@ -169,7 +172,7 @@ def _block_attention(attn: nn.Module, hidden: torch.Tensor,
                   + _relative_position_scores(attn, block_query)) * attn.scale
         weights = scores.masked_fill(~inside[:, None, None, :], float("-inf")).softmax(dim=-1)
         attended = (weights @ gather(value)).transpose(1, 2).reshape(count, size, -1)
-        out[index[inside]] = attended[inside]
+        out[frames] = attended[inside]
     return attn.to_out(out)[None]
 
 
