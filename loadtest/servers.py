@@ -67,9 +67,16 @@ def running(command: list[str], ready_path: str, port: int, log: Path,
             raise TimeoutError(f"{command[2]} not ready after {timeout_s} s; see {log}")
         yield RunningServer(url, proc.pid)
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
+        _signal_group(proc, signal.SIGTERM)
         try:
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+            _signal_group(proc, signal.SIGKILL)
             proc.wait()
+
+
+def _signal_group(proc: subprocess.Popen, signum: int) -> None:
+    # A server that failed to start may have taken its whole group with it: the
+    # error to report is then why it exited, not that there was nothing to stop.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signum)

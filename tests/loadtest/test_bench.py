@@ -122,3 +122,15 @@ async def test_interleaved_parts_go_to_every_server_in_turn(server_url, short_re
         assert result.requests == 6 and result.errors == {}
         assert result.latency_s["p50"] < result.wall_s
         assert 0 < result.first_delta_s["p50"] <= result.latency_s["p99"]
+
+
+def test_a_server_that_dies_at_start_up_is_reported_with_its_log(tmp_path):
+    from loadtest.servers import running
+
+    log = tmp_path / "server.log"
+    command = [sys.executable, "-c", "import sys; print('bad flag'); sys.exit(2)"]
+    with pytest.raises(RuntimeError, match="exited with 2") as failure:
+        with running(command, "/ready", 8999, log, timeout_s=60):
+            pass
+    assert str(log) in str(failure.value)
+    assert "bad flag" in log.read_text()
