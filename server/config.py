@@ -146,6 +146,13 @@ class Settings(BaseSettings):
         "message before they sleep on it, in ms. Default: 2 on CPU-only machines, where the "
         "spin takes CPU from the work; vLLM's own 1000 on GPUs.",
     )
+    engine_gather_ms: float | None = Field(
+        None,
+        ge=0,
+        description="How long vLLM's engine core, woken from idle by a request, waits for "
+        "more before its next step, in ms: a window's segments, which arrive one message at "
+        "a time, are then encoded in one step. Default: 1. 0: not at all.",
+    )
     enforce_eager: bool = Field(
         False, description="Disable CUDA graphs / compilation (faster start-up, slower decode)."
     )

@@ -17,7 +17,7 @@ OPTIONS = ["--model", "--served-model-name", "--host", "--port", "--max-model-le
            "--max-upload-mb", "--max-audio-seconds", "--api-key", "--api-key-file",
            "--auth-all-endpoints", "--max-concurrent-requests", "--max-inflight-audio-seconds",
            "--request-timeout-seconds", "--shutdown-delay-seconds", "--shutdown-grace-seconds",
-           "--log-format", "--engine-spin-ms"]
+           "--log-format", "--engine-spin-ms", "--engine-gather-ms"]
 
 
 def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -103,15 +103,19 @@ def test_vllm_caches_no_processed_audio_unless_asked():
     assert engine_args(Settings(model="m", mm_processor_cache_gib=1)).mm_processor_cache_gb == 1
 
 
-def test_the_engine_spin_reaches_the_engine_processes(monkeypatch):
-    """``--engine-spin-ms`` goes to vLLM's processes through the environment, where the
-    plugin reads it (``shm_wait``); unset, the plugin picks the host's default."""
+def test_the_engine_spin_and_gather_reach_the_engine_processes(monkeypatch):
+    """``--engine-spin-ms`` and ``--engine-gather-ms`` go to vLLM's processes through the
+    environment, where the plugin reads them (``shm_wait``, ``intake``); unset, the
+    plugin picks the host's defaults."""
     from server.asr.engine import _configure_engine_environment
-    from server.vllm_plugin import shm_wait
+    from server.vllm_plugin import intake, shm_wait
 
     monkeypatch.delenv(shm_wait.SPIN_MS_ENV, raising=False)
+    monkeypatch.delenv(intake.GATHER_MS_ENV, raising=False)
     monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "2")
     _configure_engine_environment(Settings(model="m"))
     assert shm_wait.spin_ms_for_this_host() == shm_wait.CPU_SPIN_MS  # this host has no GPU
-    _configure_engine_environment(Settings(model="m", engine_spin_ms=1000))
+    assert intake.configured_gather_ms() == intake.DEFAULT_GATHER_MS
+    _configure_engine_environment(Settings(model="m", engine_spin_ms=1000, engine_gather_ms=0))
     assert shm_wait.spin_ms_for_this_host() == 1000
+    assert intake.configured_gather_ms() == 0

@@ -166,3 +166,97 @@ def test_engine_processes_wait_for_messages_without_spinning(notified):
     assert vllm_cpu > 0.25, "vLLM's readers spin for 1 s after a read (why shm_wait exists)"
     assert cpu < 0.05
     assert latency < 0.05
+
+
+class _Core:
+    """What ``intake`` uses of vLLM's engine core: its input queue, and work to do."""
+
+    def __init__(self, busy: bool = False) -> None:
+        import queue
+
+        self.input_queue: queue.Queue = queue.Queue()
+        self.taken: list[str] = []
+        self.busy = busy
+
+    def has_work(self) -> bool:
+        return self.busy or bool(self.taken)
+
+    def _handle_client_request(self, kind: str, request: str) -> None:
+        self.taken.append(request)
+
+
+def _vllm_take(core: _Core) -> None:
+    """vLLM's intake, as far as it matters here: an idle core blocks for one request,
+    then takes what is already queued."""
+    if not core.has_work():
+        core._handle_client_request(*core.input_queue.get())
+    while not core.input_queue.empty():
+        core._handle_client_request(*core.input_queue.get_nowait())
+
+
+def _send_later(core: _Core, requests: list[str], apart_s: float) -> None:
+    import threading
+    import time
+
+    def send() -> None:
+        for request in requests:
+            core.input_queue.put(("add", request))
+            time.sleep(apart_s)
+
+    threading.Thread(target=send, daemon=True).start()
+
+
+def test_an_idle_engine_core_takes_a_burst_whole():
+    """Segments sent together arrive one message at a time: the core woken by the first
+    waits for the rest (200 ms here) before its step, instead of encoding it alone."""
+    from server.vllm_plugin.intake import gathering
+
+    # Requests 20 ms apart: well inside the wait, far outside a thread switch.
+    core = _Core()
+    _send_later(core, ["a", "b", "c"], apart_s=0.02)
+    gathering(_vllm_take, 0.2)(core)
+    assert core.taken == ["a", "b", "c"]
+
+    alone = _Core()
+    _send_later(alone, ["a", "b", "c"], apart_s=0.1)
+    _vllm_take(alone)
+    assert alone.taken == ["a"], "without it, the core steps on the first request alone"
+
+
+def test_a_busy_engine_core_does_not_wait_and_a_trickle_does_not_hold_it():
+    import time
+
+    from server.vllm_plugin.intake import MAX_GATHER_ROUNDS, gathering
+
+    busy = _Core(busy=True)
+    _send_later(busy, ["late"], apart_s=0)
+    time.sleep(0.05)
+    busy.input_queue.put(("add", "queued"))
+    start = time.monotonic()
+    gathering(_vllm_take, 1.0)(busy)
+    assert time.monotonic() - start < 0.5  # a 1 s gather would have waited
+    assert "queued" in busy.taken
+
+    trickle = _Core()
+    _send_later(trickle, [f"r{i}" for i in range(200)], apart_s=0.01)
+    start = time.monotonic()
+    gathering(_vllm_take, 0.05)(trickle)
+    assert time.monotonic() - start < MAX_GATHER_ROUNDS * 0.05 + 0.5  # the trickle takes 2 s
+    assert 5 <= len(trickle.taken) < 200
+
+
+def test_intake_is_installed_on_vllms_engine_core_once():
+    from vllm.v1.engine.core import EngineCoreProc
+
+    from server.vllm_plugin import intake
+
+    vllm_take = getattr(EngineCoreProc._process_input_queue, "__wrapped__",
+                        EngineCoreProc._process_input_queue)
+    try:
+        intake.install(1.0)
+        intake.install(1.0)
+        assert EngineCoreProc._process_input_queue.__wrapped__ is vllm_take
+        intake.install(0)
+        assert EngineCoreProc._process_input_queue is vllm_take
+    finally:
+        intake.install(intake.configured_gather_ms())

@@ -6,6 +6,7 @@ out ``SegmentResult``s, so nothing downstream depends on vLLM's output types.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -19,7 +20,7 @@ import numpy as np
 from server.audio.features import SAMPLE_RATE
 from server.config import Settings
 from server.errors import EngineError
-from server.vllm_plugin import ARCHITECTURE, shm_wait
+from server.vllm_plugin import ARCHITECTURE, intake, shm_wait
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +162,7 @@ class SpeechEngine:
         self._llm = llm
         self.tokenizer = tokenizer
         self._scheduler_load = scheduler_load
+        self._renderer = RenderedTogether(llm.renderer)
 
     @classmethod
     def start(cls, settings: Settings) -> SpeechEngine:
@@ -219,7 +221,8 @@ class SpeechEngine:
         }
         request_id = request_id or uuid.uuid4().hex
         try:
-            async for output in self._llm.generate(prompt, params, request_id,
+            engine_input = await self._renderer.render(prompt)
+            async for output in self._llm.generate(engine_input, params, request_id,
                                                    priority=request.priority):
                 yield _segment_result(output, request.score_last)
         except (EngineDeadError, EngineGenerateError) as exc:
@@ -231,6 +234,53 @@ class SpeechEngine:
         llm, self._llm = self._llm, None
         if llm is not None:
             llm.shutdown()
+
+
+class RenderedTogether:
+    """Renders the prompts submitted in one event-loop turn, and releases them together.
+
+    vLLM's front end turns a request's audio into features in one thread, request after
+    request, and sends each to the engine core when it is done. A window's segments are
+    submitted together, but the first would reach an idle engine core alone, and the
+    core would start a step encoding it while the others are still being rendered.
+    Released together, they reach the core in one burst, which it takes in whole
+    (``server.vllm_plugin.intake``) and encodes in one step."""
+
+    def __init__(self, renderer) -> None:
+        self._renderer = renderer
+        self._turn: list[tuple[dict, asyncio.Future]] | None = None
+        self._renderings: set[asyncio.Task] = set()
+
+    async def render(self, prompt: dict):
+        """The engine input for ``prompt``, once every prompt of its turn is rendered."""
+        loop = asyncio.get_running_loop()
+        if self._turn is None:
+            # Runs after every task that is ready in this turn has added its prompt.
+            self._turn = []
+            loop.call_soon(self._render_turn)
+        rendered = loop.create_future()
+        self._turn.append((prompt, rendered))
+        return await rendered
+
+    def _render_turn(self) -> None:
+        turn, self._turn = self._turn, None
+        task = asyncio.ensure_future(self._render_all(turn))
+        self._renderings.add(task)  # the loop keeps only a weak reference
+        task.add_done_callback(self._renderings.discard)
+
+    async def _render_all(self, turn: list[tuple[dict, asyncio.Future]]) -> None:
+        # Each prompt on its own (vLLM's renderer takes them one at a time anyway), so a
+        # bad one fails only its own request.
+        outcomes = await asyncio.gather(
+            *(self._renderer.render_cmpl_async([prompt]) for prompt, _ in turn),
+            return_exceptions=True)
+        for (_, rendered), outcome in zip(turn, outcomes):
+            if rendered.done():  # its request was cancelled meanwhile
+                continue
+            if isinstance(outcome, BaseException):
+                rendered.set_exception(outcome)
+            else:
+                rendered.set_result(outcome[0])
 
 
 def _segment_result(output, score_last: int = 0) -> SegmentResult:
@@ -258,10 +308,13 @@ def _segment_result(output, score_last: int = 0) -> SegmentResult:
 
 def _configure_engine_environment(settings: Settings) -> None:
     """On a CPU-only machine vLLM needs the KV cache size up front. The engine's
-    processes read their busy-wait from the environment (``shm_wait``)."""
+    processes read their busy-wait (``shm_wait``) and intake (``intake``) from the
+    environment."""
     import torch
 
     if settings.engine_spin_ms is not None:
         os.environ[shm_wait.SPIN_MS_ENV] = f"{settings.engine_spin_ms}"
+    if settings.engine_gather_ms is not None:
+        os.environ[intake.GATHER_MS_ENV] = f"{settings.engine_gather_ms}"
     if not torch.cuda.is_available():
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{settings.cpu_kv_cache_gib}")
