@@ -2,8 +2,8 @@
 
 Ours: ``python -m server``. vLLM's own: ``python -m vllm.entrypoints.openai.api_server``
 in the same environment, with this project's plugin selected through
-``--hf-overrides``, so engine and audio processor are identical and only the
-serving layer differs.
+``--hf-overrides`` and the dtype ours picks, so engine and audio processor are
+identical and only the serving layer differs.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from pathlib import Path
 
 import httpx
 
+from server.asr.engine import engine_dtype
 from server.vllm_plugin import ARCHITECTURE
 
 
@@ -33,7 +34,8 @@ def vllm_command(model: str, port: int, extra: list[str]) -> list[str]:
     return [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
             "--port", str(port), "--host", "127.0.0.1", "--max-model-len", "2048",
             "--limit-mm-per-prompt", json.dumps({"audio": 1}),
-            "--hf-overrides", json.dumps({"architectures": [ARCHITECTURE]}), *extra]
+            "--hf-overrides", json.dumps({"architectures": [ARCHITECTURE]}),
+            "--dtype", engine_dtype("auto"), *extra]
 
 
 @dataclass(frozen=True)

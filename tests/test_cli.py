@@ -119,3 +119,34 @@ def test_the_engine_spin_and_gather_reach_the_engine_processes(monkeypatch):
     _configure_engine_environment(Settings(model="m", engine_spin_ms=1000, engine_gather_ms=0))
     assert shm_wait.spin_ms_for_this_host() == 1000
     assert intake.configured_gather_ms() == 0
+
+
+@pytest.mark.parametrize(
+    ("machine", "gpu", "avx512_bf16", "amx", "engine_dtype"),
+    [("x86_64", False, False, False, "float32"),    # bfloat16 would be emulated
+     ("x86_64", False, True, False, "auto"),
+     ("x86_64", False, False, True, "auto"),
+     ("x86_64", True, False, False, "auto"),        # the GPU runs the model
+     ("aarch64", False, False, False, "auto")])      # torch's x86 checks say nothing here
+def test_auto_dtype_is_float32_on_a_cpu_without_bfloat16(monkeypatch, machine, gpu,
+                                                          avx512_bf16, amx, engine_dtype):
+    import platform
+
+    import torch
+
+    from server.asr.engine import engine_args
+
+    monkeypatch.setattr(platform, "machine", lambda: machine)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    assert engine_args(Settings(model="m")).dtype == engine_dtype
+    assert engine_args(Settings(model="m", dtype="bfloat16")).dtype == "bfloat16"
+
+
+def test_vllms_endpoint_in_the_benchmarks_runs_the_dtype_ours_picks():
+    from loadtest.servers import vllm_command
+    from server.asr.engine import engine_dtype
+
+    command = vllm_command("m", 8001, [])
+    assert command[command.index("--dtype") + 1] == engine_dtype("auto")
