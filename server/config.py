@@ -110,8 +110,8 @@ class Settings(BaseSettings):
     )
     dtype: str = Field(
         "auto", description="Weight and activation dtype (auto, bfloat16, float16, float32). "
-        "auto: the checkpoint's (vLLM's choice), but float32 on an x86 CPU without bfloat16 "
-        "instructions, where bfloat16 is emulated and several times slower.",
+        "auto: vLLM's choice (bfloat16 for the real checkpoint), but float32 on an x86 CPU "
+        "without bfloat16 instructions, where bfloat16 is emulated and several times slower.",
     )
     gpu_memory_utilization: float = Field(
         0.9, gt=0, le=1, description="Fraction of GPU memory vLLM may use (GPU only)."
