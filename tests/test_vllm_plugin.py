@@ -163,7 +163,9 @@ def test_engine_processes_wait_for_messages_without_spinning(notified):
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         vllm_cpu, _ = pool.apply(_next_message_wait, (None, notified))
         cpu, latency = pool.apply(_next_message_wait, (2.0, notified))
-    assert vllm_cpu > 0.25, "vLLM's readers spin for 1 s after a read (why shm_wait exists)"
+    # vLLM's spin takes most of a core over the 0.5 s wait; a fifth of it still shows the
+    # spin on a machine that other work keeps busy (0.19 CPU s beside two busy loops).
+    assert vllm_cpu > 0.1, "vLLM's readers spin for 1 s after a read (why shm_wait exists)"
     assert cpu < 0.05
     assert latency < 0.05
 
