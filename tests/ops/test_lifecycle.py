@@ -134,13 +134,16 @@ def test_engine_death_fails_the_request_with_503_and_the_process_exits_nonzero(
         core = engine_core(server.proc.pid)
         os.kill(core.pid, signal.SIGKILL)
 
+        # Within the 3 s shutdown delay, counted from when the server saw the death (the
+        # in-flight request's own 503 may come later, on a busy machine after it).
+        ready = wait_for(lambda: httpx.get(f"{server.url}/ready", timeout=5),
+                         lambda r: r.status_code == 503)
+        assert ready.json() == {"status": "engine_dead"}
+        refused = post(server.url, long_speech_wav(speech, 3), timeout=30)
+        assert_envelope(refused, 503, "engine_unavailable")
         response = running.result(timeout=60)
         error = assert_envelope(response, 503, "engine_unavailable", "server_error")
         assert "engine" in error["message"]
-        ready = httpx.get(f"{server.url}/ready", timeout=5)
-        assert ready.status_code == 503 and ready.json() == {"status": "engine_dead"}
-        refused = post(server.url, long_speech_wav(speech, 3), timeout=30)
-        assert_envelope(refused, 503, "engine_unavailable")
         assert server.wait(timeout=90) == 1
         logs = server.logs()
     assert any(entry["level"] == "error" and "engine died" in entry["message"]
