@@ -49,6 +49,12 @@ class AppState:
         return self.engine is not None and self.engine.alive
 
     @property
+    def engine_dead(self) -> bool:
+        """The engine died after serving: the watcher (``server.lifecycle``) has acted
+        on it, or it is dead and the watcher hasn't looked yet."""
+        return self.engine_failed or (self.ready and not self.engine_alive)
+
+    @property
     def accepting(self) -> bool:
         """Ready for new requests: warmed up, engine alive, not draining."""
         return self.ready and not self.draining and self.engine_alive

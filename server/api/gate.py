@@ -54,7 +54,7 @@ class GateMiddleware:
             rejections.labels("shutting_down").inc()
             raise ShuttingDown("The server is shutting down; retry on another replica.",
                                headers={"Retry-After": RETRY_AFTER_S})
-        if state.engine_failed:
+        if state.engine_dead:
             rejections.labels("not_ready").inc()
             raise EngineError("The inference engine is down; the server is restarting.")
         if not state.accepting:

@@ -22,7 +22,7 @@ async def ready(state: StateDep) -> JSONResponse:
         return JSONResponse({"status": "ready"})
     if state.draining:
         status = "draining"
-    elif state.engine_failed or (state.ready and not state.engine_alive):
+    elif state.engine_dead:
         status = "engine_dead"
     else:
         status = "starting"

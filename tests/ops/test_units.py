@@ -296,3 +296,27 @@ async def test_an_unhandled_error_is_a_500_envelope_with_the_request_id(caplog):
     error = next(record for record in caplog.records if record.levelno == logging.ERROR)
     assert "RuntimeError: bug" in logging.Formatter().formatException(error.exc_info)
     assert 'endpoint="/broken",method="GET",response_format="none",status="500"' in scraped
+
+
+@asyncio_test
+async def test_an_engine_dead_before_the_watcher_looks_is_engine_unavailable_everywhere():
+    """Between the engine's death and the watcher's next look (0.2 s), /ready and the
+    gate agree: ``engine_dead`` and ``engine_unavailable``, not "starting" and
+    "not_ready" (as a refused upload said in a CI run)."""
+    import httpx
+
+    from server.app import create_app
+
+    class DeadEngine:
+        alive = False
+
+    app = create_app(Settings(model="m"), engine=DeadEngine())
+    app.state.server.ready = True  # it had served
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://test") as client:
+        ready = await client.get("/ready")
+        upload = await client.post("/v1/audio/transcriptions", data={"model": "m"},
+                                   files={"file": ("a.wav", b"RIFF")})
+    assert (ready.status_code, ready.json()) == (503, {"status": "engine_dead"})
+    assert upload.status_code == 503
+    assert upload.json()["error"]["code"] == "engine_unavailable"
