@@ -82,3 +82,27 @@ def _signal_group(proc: subprocess.Popen, signum: int) -> None:
     # error to report is then why it exited, not that there was nothing to stop.
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signum)
+
+
+def server_processes(pid: int) -> dict[str, "psutil.Process"]:
+    """A server's processes by role: ``api`` (the one started), and vLLM's
+    ``engine_core`` and ``worker`` (named ``VLLM::EngineCore`` and ``VLLM::Worker...``)."""
+    import psutil
+
+    api = psutil.Process(pid)
+    roles = {"api": api}
+    for child in api.children(recursive=True):
+        name = child.name()
+        if name.startswith("VLLM::EngineCore"):
+            roles["engine_core"] = child
+        elif name.startswith("VLLM::") and "Worker" in name:
+            roles["worker"] = child
+    return roles
+
+
+def peak_rss_gib(pid: int) -> float:
+    """The kernel's high-water mark of a process's resident memory (VmHWM), in GiB."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    kib = next(int(line.split()[1]) for line in status.splitlines()
+               if line.startswith("VmHWM:"))
+    return kib / 1024**2

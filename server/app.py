@@ -112,7 +112,8 @@ async def _bring_up(state: AppState, *, own_engine: bool) -> None:
         if own_engine:
             state.engine = await asyncio.to_thread(SpeechEngine.start, state.settings)
         if state.settings.word_timestamps and state.ctc is None:
-            state.ctc = await asyncio.to_thread(CtcHead.load, state.settings.model)
+            state.ctc = await asyncio.to_thread(CtcHead.load, state.settings.model,
+                                                getattr(state.engine, "dtype", None))
         # Readiness means the engine really answered, and the first client
         # doesn't pay for the first request.
         await state.transcriber.warm_up()

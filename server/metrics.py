@@ -31,6 +31,7 @@ NO_FORMAT = "none"
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 FIRST_DELTA_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 RTF_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10)
+PROMPT_TOKEN_BUCKETS = (32, 64, 128, 256, 512, 1024, 1536, 2048, 3072, 4096, 8192)
 SEGMENT_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128, 256)
 
 EngineLoad = Callable[[], "tuple[int, int] | None"]
@@ -69,6 +70,10 @@ class Metrics:
         self.segments = Histogram(
             f"{PREFIX}_segments_per_request", "Audio segments the model transcribed per "
             "completed request.", ["endpoint"], buckets=SEGMENT_BUCKETS, registry=registry)
+        self.prompt_tokens = Histogram(
+            f"{PREFIX}_prompt_tokens", "Prompt tokens (audio and text) of each segment the "
+            "model read, as the engine counted them.", ["endpoint"],
+            buckets=PROMPT_TOKEN_BUCKETS, registry=registry)
         self.output_tokens = Counter(
             f"{PREFIX}_output_tokens", "Tokens of the completed transcripts, by source: "
             "decoded one by one by the LLM, or taken from a CTC draft the LLM verified "
@@ -102,6 +107,8 @@ class Metrics:
         audio_seconds = transcript.duration
         self.audio_transcribed.labels(endpoint).inc(audio_seconds)
         self.segments.labels(endpoint).observe(len(transcript.segments))
+        for segment in transcript.segments:
+            self.prompt_tokens.labels(endpoint).observe(segment.prompt_tokens)
         usage = transcript.usage
         self.output_tokens.labels(endpoint, "decoded").inc(
             usage.output_tokens - usage.drafted_tokens)

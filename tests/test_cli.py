@@ -150,3 +150,52 @@ def test_vllms_endpoint_in_the_benchmarks_runs_the_dtype_ours_picks():
 
     command = vllm_command("m", 8001, [])
     assert command[command.index("--dtype") + 1] == engine_dtype("auto")
+
+
+def test_vllm_profiles_with_the_longest_segment_the_server_sends():
+    from server.asr.engine import engine_args
+
+    def profiled(**settings) -> dict:
+        return engine_args(Settings(model="m", **settings)).limit_mm_per_prompt["audio"]
+
+    assert profiled() == {"count": 1, "length": 30 * 16000}
+    assert profiled(max_segment_seconds=12.5) == {"count": 1, "length": 200000}
+    # A context too small for a whole segment: what it holds beside the prompt and output.
+    short = profiled(max_model_len=256)["length"]
+    assert 15 * 16000 < short < 21 * 16000
+
+
+def _misfit_copy(model_dir: Path, tmp_path: Path, **changes) -> Path:
+    """The test model with its config changed (``encoder_config__x`` for nested fields)."""
+    out = tmp_path / "misfit"
+    out.mkdir()
+    for item in model_dir.iterdir():
+        (out / item.name).symlink_to(item)
+    (out / "config.json").unlink()
+    config = json.loads((model_dir / "config.json").read_text())
+    for key, value in changes.items():
+        *parents, leaf = key.split("__")
+        node = config
+        for parent in parents:
+            node = node[parent]
+        node[leaf] = value
+    (out / "config.json").write_text(json.dumps(config))
+    return out
+
+
+@pytest.mark.parametrize("changes, named", [
+    ({"encoder_config__input_dim": 80}, "input_dim is 80"),
+    ({"encoder_config__hidden_dim": 256, "encoder_config__dim_head": 64,
+      "projector_config__encoder_hidden_size": 256}, "encoder.input_linear.weight is 128x160"),
+    ({"encoder_config__num_layers": 5}, "lack encoder.layers.4.attn.to_q.weight"),
+    ({"encoder_config__num_layers": 3}, "more encoder layers than config.json's 3"),
+    ({"tie_word_embeddings": False, "text_config__tie_word_embeddings": False},
+     "lack language_model.lm_head.weight"),
+    ({"projector_config__encoder_hidden_size": 64}, "encoder_hidden_size 64"),
+])
+def test_a_checkpoint_that_does_not_fit_the_plugin_fails_fast_in_one_line(
+        model_dir: Path, tmp_path: Path, changes: dict, named: str):
+    result = run_cli("--model", str(_misfit_copy(model_dir, tmp_path, **changes)))
+    assert result.returncode != 0
+    assert "doesn't fit this server" in result.stderr and named in result.stderr, result.stderr
+    assert result.stderr.strip().count("\n") == 0, "one clear line"

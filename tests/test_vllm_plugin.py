@@ -46,14 +46,10 @@ def test_cuda_only_packages_are_absent(package):
 
 
 
-ENCODED_LENGTHS = [1, 37, 137, 150, 200, 263, 610, 900]
-"""Encoder frames (50/s): under and over one attention block (200), several blocks;
-more than one pack's worth (``PACK_FRAMES``) in all, so encoded in two packs."""
-
-
-def _encode_in_fresh_process(lengths: list[int]) -> dict[str, list[float]]:
-    """vLLM's encoder and projector (tiny model's shapes, random weights, float32), in a
-    process of their own: their parallel layers need vLLM's distributed state set up."""
+def _vllm_encoder_and_projector():
+    """(config, encoder, projector): vLLM's modules with the tiny model's shapes, random
+    weights, float32. Call in a process of its own: their parallel layers need vLLM's
+    distributed state set up."""
     import torch
     from transformers import AutoConfig
     from vllm.config import VllmConfig, set_current_vllm_config
@@ -63,7 +59,6 @@ def _encode_in_fresh_process(lengths: list[int]) -> dict[str, list[float]]:
         GraniteSpeechEncoderProjector,
     )
 
-    from server.vllm_plugin.encoder import encode_audios
     from tests.conftest import TRAINED_MODEL
 
     config = AutoConfig.from_pretrained(TRAINED_MODEL)
@@ -79,6 +74,22 @@ def _encode_in_fresh_process(lengths: list[int]) -> dict[str, list[float]]:
     for module in [*encoder.modules(), *projector.modules()]:  # as loading weights does
         if getattr(module, "quant_method", None) is not None:
             module.quant_method.process_weights_after_loading(module)
+    return config, encoder, projector
+
+
+ENCODED_LENGTHS = [1, 37, 137, 150, 200, 263, 610, 900]
+"""Encoder frames (50/s): under and over one attention block (200), several blocks;
+more than one pack's worth (``PACK_FRAMES``) in all, so encoded in two packs."""
+
+
+def _encode_in_fresh_process(lengths: list[int]) -> dict[str, list[float]]:
+    """vLLM's encoder and projector (tiny model's shapes, random weights, float32), in a
+    process of their own: their parallel layers need vLLM's distributed state set up."""
+    import torch
+
+    from server.vllm_plugin.encoder import encode_audios
+
+    config, encoder, projector = _vllm_encoder_and_projector()
     tokens_per_window = config.window_size // config.downsample_rate
     diffs: dict[str, list[float]] = {"alone": [], "padded_beside_longest": []}
     with torch.inference_mode():
@@ -262,3 +273,89 @@ def test_intake_is_installed_on_vllms_engine_core_once():
         assert EngineCoreProc._process_input_queue is vllm_take
     finally:
         intake.install(intake.configured_gather_ms())
+
+
+def _encode_with_autograd_on() -> dict[str, bool]:
+    """vLLM's encoder and projector (tiny shapes; their parameters want gradients) run
+    through the plugin's ``encode_audios`` with autograd enabled, as vLLM's CPU worker
+    runs its start-up profile."""
+    import torch
+
+    from server.vllm_plugin.encoder import encode_audios
+
+    _, encoder, projector = _vllm_encoder_and_projector()
+    wants_grad = any(p.requires_grad for p in encoder.parameters())
+    with torch.enable_grad():
+        embeds = encode_audios(encoder, projector, [torch.randn(300, 160), torch.randn(40, 160)],
+                               [30, 9])
+    return {"parameters_want_grad": wants_grad,
+            "recorded": any(e.requires_grad or e.grad_fn is not None for e in embeds)}
+
+
+def test_the_plugins_encoder_records_nothing_for_autograd_whatever_the_callers_mode():
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        found = pool.apply(_encode_with_autograd_on)
+    assert found == {"parameters_want_grad": True, "recorded": False}
+
+
+def test_the_ctc_head_records_nothing_for_autograd_whatever_the_callers_mode():
+    import numpy as np
+    import torch
+
+    from server.asr.ctc import CtcHead
+    from tests.conftest import TRAINED_MODEL
+
+    head = CtcHead.load(str(TRAINED_MODEL))
+    head.encoder.requires_grad_(True)
+    outputs = []
+    head.encoder.out.register_forward_hook(lambda module, args, out: outputs.append(out))
+    with torch.enable_grad():
+        head.log_posteriors([np.zeros(16000, np.float32), np.ones(8000, np.float32) * 0.1])
+    assert len(outputs) == 4  # two clips' lengths apart; the mid layer's and the last's
+    assert not any(out.requires_grad or out.grad_fn is not None for out in outputs)
+
+
+def test_the_ctc_head_runs_in_the_dtype_and_on_the_device_it_is_given():
+    import torch
+
+    from server.asr.ctc import CtcHead
+    from tests.conftest import TRAINED_MODEL
+
+    head = CtcHead.load(str(TRAINED_MODEL), dtype=torch.bfloat16, device="cpu")
+    floats = {p.dtype for p in head.encoder.parameters()}
+    assert floats == {torch.bfloat16}
+    assert head.encoder.attention_dists.dtype == torch.int64  # an index stays an index
+    assert head.device == torch.device("cpu")
+    assert CtcHead.load(str(TRAINED_MODEL), "float32").encoder.out.weight.dtype == torch.float32
+
+
+def _model_config(**overrides):
+    from vllm.config import ModelConfig
+
+    from tests.conftest import TRAINED_MODEL
+
+    register()
+    return ModelConfig(model=str(TRAINED_MODEL), hf_overrides={"architectures": [ARCHITECTURE]},
+                       **{"max_model_len": 2048, **overrides})
+
+
+@pytest.mark.parametrize("limit, max_model_len, tokens", [
+    ({"audio": 1}, 2048, 2046),  # as long as the context holds (vLLM's own: 500 s)
+    ({"audio": 1}, 512, 510),
+    ({"audio": {"count": 1, "length": 480000}}, 2048, 300),  # the server's 30 s segments
+    ({"audio": {"count": 1, "length": 480000}}, 256, 255),
+])
+def test_vllm_profiles_with_the_longest_audio_a_prompt_carries(limit, max_model_len, tokens):
+    """The dummy audio of vLLM's start-up profile, and the encoder budget it sizes, are the
+    longest audio a prompt can carry: what fits the context, or what the caller says."""
+    from vllm.multimodal import MULTIMODAL_REGISTRY
+
+    processor = MULTIMODAL_REGISTRY.create_processor(
+        _model_config(max_model_len=max_model_len, limit_mm_per_prompt=limit))
+    dummy = processor.get_dummy_mm_inputs({"audio": 1})
+    placeholders = dummy["mm_placeholders"]["audio"]
+    assert [p.get_num_embeds() for p in placeholders] == [tokens]
+    assert processor.info.get_mm_max_tokens_per_item(max_model_len, {"audio": 1}) == \
+        {"audio": tokens}

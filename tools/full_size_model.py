@@ -17,8 +17,9 @@ minutes). This writes a checkpoint that is the real one in everything but its va
 
     python tools/full_size_model.py [OUT_DIR] [--seed N]
 
-Without OUT_DIR it writes ``.cache/full-size-granite-speech`` (ignored by git). A
-directory already holding this script's checkpoint of the same spec is reused.
+Without OUT_DIR it writes ``~/.cache/granite-speech-server/full-size-granite-speech`` (under
+``$XDG_CACHE_HOME`` if set), outside the repository. A directory already holding this
+script's checkpoint of the same spec is reused.
 """
 
 from __future__ import annotations
@@ -26,13 +27,16 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import sys
 from pathlib import Path
 
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DIR = REPO / ".cache" / "full-size-granite-speech"
+DEFAULT_DIR = (Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+               / "granite-speech-server" / "full-size-granite-speech")
+"""Outside the work tree, so every clone (CI's are fresh) reuses the one written."""
 TINY_MODEL = REPO / "tests" / "fixtures" / "tiny-granite-speech"
 DONE_FILE = "full-size-spec.json"
 

@@ -7,30 +7,23 @@ out ``SegmentResult``s, so nothing downstream depends on vLLM's output types.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import platform
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from server.audio.features import SAMPLE_RATE
+from server.asr.checkpoint import ModelUnavailable, check_granite_speech
+from server.audio.features import SAMPLE_RATE, longest_audio_samples
 from server.config import Settings
 from server.errors import EngineError
 from server.vllm_plugin import ARCHITECTURE, intake, shm_wait
 
 log = logging.getLogger(__name__)
-
-GRANITE_SPEECH_MODEL_TYPE = "granite_speech"
-
-
-class ModelUnavailable(RuntimeError):
-    """The checkpoint can't be found or isn't a Granite speech model (start-up only)."""
-
 
 @dataclass(frozen=True)
 class SegmentRequest:
@@ -73,33 +66,6 @@ class SegmentResult:
     """Output tokens taken from a verified draft rather than decoded one by one."""
 
 
-def check_granite_speech(model: str, revision: str | None = None) -> dict:
-    """Fail fast, before vLLM spends a minute starting, on a missing or wrong model."""
-    from huggingface_hub import hf_hub_download
-
-    try:
-        if Path(model).is_dir():
-            path = Path(model) / "config.json"
-        else:
-            # The hub client logs every retry; the one line below says it all.
-            logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
-            path = Path(hf_hub_download(model, "config.json", revision=revision))
-        config = json.loads(path.read_text())
-    except Exception as exc:  # noqa: BLE001 - any failure here means "can't get the model"
-        raise ModelUnavailable(
-            f"Model '{model}' can't be loaded ({type(exc).__name__}: {exc}). "
-            "Without network access or a local Hugging Face cache, point MODEL "
-            "(--model) at a local checkpoint directory, e.g. "
-            "MODEL=tests/fixtures/tiny-granite-speech."
-        ) from exc
-    if config.get("model_type") != GRANITE_SPEECH_MODEL_TYPE:
-        raise ModelUnavailable(
-            f"Model '{model}' is a '{config.get('model_type')}' model, not a Granite "
-            f"speech model (model_type '{GRANITE_SPEECH_MODEL_TYPE}')."
-        )
-    return config
-
-
 @dataclass
 class SchedulerLoad:
     """The engine scheduler's queue after its latest step."""
@@ -133,7 +99,24 @@ def _load_recorder(load: SchedulerLoad):
     return LoadRecorder
 
 
-def engine_args(settings: Settings):
+PROMPT_TEXT_TOKENS = 32
+"""Room for a prompt's text around its audio (the transcription prompt is ~18 tokens)."""
+
+
+def longest_prompt_audio(settings: Settings, checkpoint: dict | None = None) -> int:
+    """Samples of the longest audio one of this server's prompts carries: a planned
+    segment (at most ``--max-segment-seconds``), or less where the context can't hold
+    that much beside the prompt's text and the output floor."""
+    checkpoint = checkpoint or {}
+    context_room = settings.max_model_len - PROMPT_TEXT_TOKENS - settings.output_tokens_floor
+    fits_context = longest_audio_samples(context_room,
+                                         window_size=checkpoint.get("window_size", 15),
+                                         downsample_rate=checkpoint.get("downsample_rate", 5))
+    return max(SAMPLE_RATE, min(int(settings.max_segment_seconds * SAMPLE_RATE), fits_context))
+
+
+def engine_args(settings: Settings, checkpoint: dict | None = None):
+    """vLLM's arguments; ``checkpoint`` is the model's config.json, where it is known."""
     from vllm.engine.arg_utils import AsyncEngineArgs
 
     return AsyncEngineArgs(
@@ -145,7 +128,10 @@ def engine_args(settings: Settings):
         max_num_seqs=settings.max_num_seqs,
         tensor_parallel_size=settings.tensor_parallel_size,
         enforce_eager=settings.enforce_eager,
-        limit_mm_per_prompt={"audio": 1},
+        # One audio per prompt, and vLLM profiles memory with the longest this server
+        # sends instead of its 500 s default (longer than any prompt of a 2048 context).
+        limit_mm_per_prompt={"audio": {"count": 1,
+                                       "length": longest_prompt_audio(settings, checkpoint)}},
         mm_processor_cache_gb=settings.mm_processor_cache_gib,
         # Our plugin's class: vLLM's own Granite processor needs torchaudio.
         hf_overrides={"architectures": [ARCHITECTURE]},
@@ -195,18 +181,31 @@ class SpeechEngine:
     @classmethod
     def start(cls, settings: Settings) -> SpeechEngine:
         """Build the engine (blocking: loads weights and spawns the engine core)."""
-        check_granite_speech(settings.model)
+        checkpoint = check_granite_speech(settings.model)
         _configure_engine_environment(settings)
         from vllm.v1.engine.async_llm import AsyncLLM
 
         load = SchedulerLoad()
-        llm = AsyncLLM.from_engine_args(engine_args(settings), stat_loggers=[_load_recorder(load)])
+        started = time.monotonic()
+        args = engine_args(settings, checkpoint)
+        llm = AsyncLLM.from_engine_args(args, stat_loggers=[_load_recorder(load)])
+        cache = llm.vllm_config.cache_config
+        log.info("Engine started in %.0f s: %s, KV cache %d tokens (%d blocks of %d), "
+                 "memory profiled with %.0f s of audio", time.monotonic() - started,
+                 llm.model_config.dtype, (cache.num_gpu_blocks or 0) * cache.block_size,
+                 cache.num_gpu_blocks or 0, cache.block_size,
+                 args.limit_mm_per_prompt["audio"]["length"] / SAMPLE_RATE)
         engine = cls(llm, llm.get_tokenizer(), load)
         # This frame outlives start-up (with stat loggers on, gc.get_referrers showed it
         # as the AsyncLLM's last referrer after shutdown()): a local here would keep the
         # AsyncLLM alive until interpreter exit, where its __del__ fails noisily.
         del llm
         return engine
+
+    @property
+    def dtype(self):
+        """The torch dtype the engine runs the model in (vLLM's resolution of ``--dtype``)."""
+        return self._llm.model_config.dtype
 
     @property
     def alive(self) -> bool:

@@ -68,6 +68,8 @@ class Segment:
     token_ids: list[int]
     logprobs: list[TokenLogprob]
     temperature: float
+    prompt_tokens: int = 0
+    """Tokens of the segment's prompt as the engine counted them (audio and text)."""
 
     @property
     def avg_logprob(self) -> float:
@@ -358,6 +360,7 @@ class Transcriber:
                 token_ids=result.token_ids,
                 logprobs=result.logprobs,
                 temperature=options.temperature,
+                prompt_tokens=result.prompt_tokens,
             )
             for planned, result in zip(plan.segments, results)
         ]

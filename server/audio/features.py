@@ -41,6 +41,16 @@ def audio_token_count(
     return windows * (window_size // downsample_rate)
 
 
+def longest_audio_samples(
+    max_tokens: int, window_size: int = 15, downsample_rate: int = 5
+) -> int:
+    """The most samples whose audio tokens (``audio_token_count``) fit in ``max_tokens``."""
+    windows = max(0, max_tokens) // (window_size // downsample_rate)
+    # n // HOP_LENGTH + 1 mel frames, halved, fill at most this many encoder frames.
+    encoder_frames = windows * window_size
+    return HOP_LENGTH * 2 * encoder_frames + HOP_LENGTH - 1
+
+
 def _hz_to_mel(freq: float) -> float:
     return 2595.0 * math.log10(1.0 + freq / 700.0)
 

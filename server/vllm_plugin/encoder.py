@@ -45,9 +45,14 @@ goes alone). Packs of 750 frames lost most of the gain over per-length batches; 
 did no better than 1500 (tiny model, one thread, 0.8-8 s clips)."""
 
 
+@torch.no_grad()
 def encode_audios(encoder: nn.Module, projector: nn.Module, features: Sequence[torch.Tensor],
                   embed_sizes: Sequence[int]) -> tuple[torch.Tensor, ...]:
-    """Each audio's (embed_size, hidden) embeddings from its (frames, 160) features."""
+    """Each audio's (embed_size, hidden) embeddings from its (frames, 160) features.
+
+    Never recorded for autograd, whatever the caller's mode: vLLM's CPU worker profiles
+    the model outside inference mode, and with autograd on every layer's activations
+    were kept (1.7 GiB per 30 s of audio at full size; the worker was killed at 20 GB)."""
     embeds: list[torch.Tensor] = []
     for pack in _packs([feature.shape[0] for feature in features]):
         embeds += _encode_packed(encoder, projector, features[pack], embed_sizes[pack])

@@ -12,7 +12,7 @@ audio's embeddings don't depend on what it is batched with.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
@@ -30,7 +30,12 @@ from vllm.multimodal.parse import AudioProcessorItems, MultiModalDataParser
 from vllm.multimodal.processing import PromptReplacement
 from vllm.transformers_utils.repo_utils import get_hf_file_to_dict
 
-from server.audio.features import SAMPLE_RATE, audio_token_count, log_mel_features
+from server.audio.features import (
+    SAMPLE_RATE,
+    audio_token_count,
+    log_mel_features,
+    longest_audio_samples,
+)
 from server.vllm_plugin.encoder import encode_audios
 
 AUDIO_PLACEHOLDER = "<|audio|>"
@@ -88,6 +93,33 @@ class GraniteSpeechServerProcessingInfo(GraniteSpeechProcessingInfo):
             downsample_rate=front_end["projector_downsample_rate"],
         )
 
+    def get_max_audio_len(self) -> int:
+        """The longest audio a prompt can hold: its audio tokens and one more fill the
+        context. vLLM's own class says 500 s whatever the context, and profiles the
+        model with that much audio at start-up (six minutes at full size on a CPU)."""
+        front_end = self.front_end()
+        return longest_audio_samples(
+            self.ctx.model_config.max_model_len - 1,
+            window_size=front_end["projector_window_size"],
+            downsample_rate=front_end["projector_downsample_rate"],
+        )
+
+    def profiled_audio_len(self) -> int:
+        """The dummy audio vLLM profiles with: the longest a prompt can hold, or less
+        where the engine's caller says its prompts carry less
+        (``limit_mm_per_prompt={"audio": {"count": 1, "length": samples}}``), as the
+        server does from its longest segment."""
+        length = self.get_max_audio_len()
+        options = self.ctx.get_mm_config().limit_per_prompt.get("audio")
+        if getattr(options, "length", None):
+            length = min(length, options.length)
+        return length
+
+    def get_mm_max_tokens_per_item(self, seq_len: int,
+                                   mm_counts: Mapping[str, int]) -> Mapping[str, int]:
+        # What the dummy audio would give, without processing one to find out.
+        return {"audio": self.audio_token_count(self.profiled_audio_len())}
+
 
 class GraniteSpeechServerDummyInputsBuilder(GraniteSpeechDummyInputsBuilder):
     def get_dummy_text(self, mm_counts: Mapping[str, int]) -> str:
@@ -139,6 +171,13 @@ class GraniteSpeechServerMultiModalProcessor(GraniteSpeechMultiModalProcessor):
 class GraniteSpeechServerForConditionalGeneration(GraniteSpeechForConditionalGeneration):
     """vLLM's Granite speech network, fed by the torch-only processor above, each audio
     encoded as if alone (``server.vllm_plugin.encoder``)."""
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        loaded = super().load_weights(weights)
+        # Inference only: vLLM's encoder layers are plain torch modules whose parameters
+        # want gradients, and its CPU worker runs the start-up profile with autograd on.
+        self.requires_grad_(False)
+        return loaded
 
     def embed_multimodal(self, **kwargs: object) -> MultiModalEmbeddings:
         features = kwargs.get("input_features")
