@@ -7,33 +7,31 @@ Starts ``python -m server`` (``loadtest.servers``) as a user would, waits for ``
 and prints the seconds it took, what the engine reported (dtype, KV cache, the audio its
 memory profile used), the CPU seconds and the peak resident memory (the kernel's VmHWM)
 of the API process, vLLM's engine core and its worker. ``--request SECONDS`` also sends
-one upload of that much speech-like noise and reports its answer time and the peaks after.
+one upload of that much synthesized speech (with pauses) and reports its answer time and the peaks after.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import re
 import time
 from pathlib import Path
 
 import httpx
-import numpy as np
-import soundfile as sf
 
 from tools.full_size_model import DEFAULT_DIR
+from tools.long_audio import long_recording
+from tools.speech_corpus import wav_bytes
 from loadtest.servers import our_command, peak_rss_gib, running, server_processes
 
 ENGINE_LINE = re.compile(r"Engine started in .*?memory profiled with [\d.]+ s of audio")
 
 
-def noise_wav(seconds: float) -> bytes:
-    samples = np.random.default_rng(0).normal(0, 0.1, int(seconds * 16000)).astype(np.float32)
-    buffer = io.BytesIO()
-    sf.write(buffer, samples, 16000, format="WAV", subtype="PCM_16")
-    return buffer.getvalue()
+def speech_wav(seconds: float) -> bytes:
+    """Synthesized speech with pauses (``tools.long_audio``), ``seconds`` long."""
+    samples, _ = long_recording(seconds, seed=0, distinct=12, pause_s=(0.6, 2.0))
+    return wav_bytes(samples)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.request:
             begun = time.monotonic()
             response = httpx.post(f"{server.url}/v1/audio/transcriptions", timeout=1800,
-                                  files={"file": ("noise.wav", noise_wav(args.request))},
+                                  files={"file": ("speech.wav", speech_wav(args.request))},
                                   data={"model": Path(args.model).name})
             report["request"] = {"seconds": args.request, "status": response.status_code,
                                  "answer_s": round(time.monotonic() - begun, 1)}
