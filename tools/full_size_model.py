@@ -111,12 +111,18 @@ def spec_digest(seed: int) -> str:
 
 
 def ensure_checkpoint(out_dir: Path = DEFAULT_DIR, seed: int = 0) -> Path:
-    """The checkpoint in ``out_dir``, written first unless it is there already."""
+    """The checkpoint in ``out_dir``, written first unless it is there already. Another
+    process writing it meanwhile is waited for, not raced."""
+    import fcntl
+
+    out_dir.mkdir(parents=True, exist_ok=True)
     done = out_dir / DONE_FILE
-    if done.exists() and json.loads(done.read_text()).get("digest") == spec_digest(seed):
-        return out_dir
-    write_checkpoint(out_dir, seed)
-    done.write_text(json.dumps({"digest": spec_digest(seed), "seed": seed}) + "\n")
+    with (out_dir.parent / f".{out_dir.name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if done.exists() and json.loads(done.read_text()).get("digest") == spec_digest(seed):
+            return out_dir
+        write_checkpoint(out_dir, seed)
+        done.write_text(json.dumps({"digest": spec_digest(seed), "seed": seed}) + "\n")
     return out_dir
 
 
