@@ -199,24 +199,29 @@ def random_tensor(name: str, shape: torch.Size, dtype: torch.dtype,
 
 
 def write_weights(out_dir: Path, seed: int) -> None:
+    """Shard by shard: at most one shard (2 GiB) is in memory at a time."""
     from safetensors.torch import save_file
 
-    generator = torch.Generator().manual_seed(seed)
-    shards: list[dict[str, torch.Tensor]] = [{}]
+    shards: list[list[tuple[str, torch.Size, torch.dtype]]] = [[]]
     size = 0
     for name, (shape, dtype) in sorted(checkpoint_shapes().items()):
-        tensor = random_tensor(name, shape, dtype, generator)
-        if size and size + tensor.nbytes > SHARD_BYTES:
-            shards.append({})
+        nbytes = shape.numel() * (2 if dtype.is_floating_point else dtype.itemsize)
+        if size and size + nbytes > SHARD_BYTES:
+            shards.append([])
             size = 0
-        shards[-1][name] = tensor
-        size += tensor.nbytes
-    weight_map = {}
-    for number, shard in enumerate(shards, start=1):
+        shards[-1].append((name, shape, dtype))
+        size += nbytes
+    generator = torch.Generator().manual_seed(seed)
+    weight_map, total = {}, 0
+    for number, specs in enumerate(shards, start=1):
         file = f"model-{number:05d}-of-{len(shards):05d}.safetensors"
+        shard = {name: random_tensor(name, shape, dtype, generator)
+                 for name, shape, dtype in specs}
         save_file(shard, str(out_dir / file), metadata={"format": "pt"})
+        (out_dir / file).chmod(0o644)
         weight_map.update(dict.fromkeys(shard, file))
-    total = sum(t.nbytes for shard in shards for t in shard.values())
+        total += sum(t.nbytes for t in shard.values())
+        del shard
     (out_dir / "model.safetensors.index.json").write_text(json.dumps(
         {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2) + "\n")
 
