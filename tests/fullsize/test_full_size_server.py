@@ -29,7 +29,8 @@ from tests import audio_samples
 from tests.ops.conftest import server_process, wav_bytes
 
 READY_WITHIN_S = 900
-"""Generous: measured ~2-4 min here. With vLLM's 500 s profile clip it took ~8 min."""
+"""Generous: ready in 238-359 s here (other work on the machine in most runs); ~9 min with
+vLLM's 500 s profile clip."""
 MAX_MODEL_LEN = 2048
 GiB = 1024**3
 ENCODER_PARAMETERS = 0.44e9
@@ -135,7 +136,7 @@ def test_started_in_time_and_each_process_stayed_within_its_memory(server, answe
     dtype = engine.group(1)
     kv_cache_gib = float(os.environ.get("VLLM_CPU_KVCACHE_SPACE", 2))
     bounds = {
-        "worker": _weights_gib(PARAMETERS, dtype) + kv_cache_gib + 3.0,
+        "worker": _weights_gib(PARAMETERS, dtype) + kv_cache_gib + 3.5,
         "engine_core": 1.5,
         # The CTC head's encoder in the engine's dtype, beside the server itself.
         "api": _weights_gib(ENCODER_PARAMETERS, dtype) + 2.0,
