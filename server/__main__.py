@@ -6,6 +6,7 @@ failed or the engine died (the orchestrator should restart the process).
 
 from __future__ import annotations
 
+import gc
 import sys
 
 import uvicorn
@@ -43,6 +44,10 @@ def main(argv: list[str] | None = None) -> None:
                        timeout_graceful_shutdown=settings.shutdown_grace_seconds),
         state)
     server.run()
+    # The interpreter's last garbage collection scans every object left, which took
+    # seconds after a start-up cut short (vLLM's and torch's objects, never frozen as a
+    # ready server's are): the process exits without that scan.
+    gc.freeze()
     if state.startup_error is not None:
         sys.exit(f"granite-speech-server: start-up failed: {state.startup_error}")
     sys.exit(state.exit_code)

@@ -109,9 +109,13 @@ class Failed(AssertionError):
     pass
 
 
+PASSED: list[str] = []
+
+
 def check(condition: bool, message: str) -> None:
     if not condition:
         raise Failed(message)
+    PASSED.append(message)
     log(f"ok: {message}")
 
 
@@ -536,8 +540,10 @@ def main() -> int:
             check_serving(pod)
     except Failed as exc:
         log(f"FAILED after {time.monotonic() - started:.0f} s: {exc}")
+        print(f"image-test: {len(PASSED)} passed, 1 failed", flush=True)
         return 1
-    log(f"passed in {time.monotonic() - started:.0f} s")
+    log(f"the image stage took {time.monotonic() - started:.0f} s")
+    print(f"image-test: {len(PASSED)} passed, 0 failed", flush=True)
     return 0
 
 
