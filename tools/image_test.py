@@ -45,9 +45,14 @@ and npm's registries reachable) that the script has to live with:
 - Real users build with the Dockerfile's defaults (`docker build --target cpu .`); none of
   the above is needed where Docker Hub and download.pytorch.org answer.
 
-Time: the build reuses Docker's layer cache and BuildKit's pip cache mount between runs (a
-cold build took ~6.5 min here; one after a change under server/ reinstalls only the server's
-wheel). Each container start (~1 min on 2 busy cores) is the test's other cost.
+Time: a cold build takes ~7 min here. Docker's layer cache (kept in /var/lib/docker between
+runs on the same machine) makes the next ones short: vLLM sits in a layer of its own, keyed
+by the base image, VLLM_VERSION, the list of removed packages and TORCH_CPU_INDEX (hence the
+index's fixed port), so a change under server/ reinstalls only the server's wheel. The
+Dockerfile's pip cache mount doesn't help here: this machine's proxy serves PyPI's files in
+a form pip doesn't cache (its HTTP cache stays empty, on the host too). Each container start
+(~1 min on 2 busy cores) is the test's other cost; there are three, plus two quick
+bad-model runs.
 
 Environment: IMAGE_TEST_BASE (a base image to use instead of the local one),
 IMAGE_TEST_TORCH_CPU_INDEX (an index to use instead of the loopback one),
@@ -401,7 +406,7 @@ class Container:
         return json.loads(docker("inspect", "-f", "{{json .State}}", self.name).stdout)
 
     def wait_exit(self, timeout_s: float) -> tuple[int, float] | None:
-        """(exit code, seconds since ``since``) once it stopped, None if it didn't."""
+        """(exit code, the monotonic time it was seen stopped), or None if it didn't stop."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             state = self.state()
