@@ -373,9 +373,12 @@ class Pod:
                 if path == "/dev/shm":
                     args += ["--shm-size", str(quantity_bytes(size) if size else 2**30)]
                     continue
-                # An emptyDir is writable by the pod's users and allows exec, as a tmpfs
-                # with mode 1777 and exec does.
-                options = ["rw", "exec", "mode=1777"]
+                # An emptyDir is writable by the pod's user and allows exec. A tmpfs over a
+                # directory of the image takes that directory's mode and root as owner in
+                # Docker 20.10 (mode=1777 doesn't hold; /cache came out root 755), so it is
+                # owned by the pod's user and group.
+                options = ["rw", "exec", "mode=1777", f"uid={uid}",
+                           f"gid={pod_security.get('fsGroup', gid)}"]
                 if size:
                     options.append(f"size={quantity_bytes(size)}")
                 args += ["--tmpfs", f"{path}:{','.join(options)}"]
@@ -514,6 +517,13 @@ def check_serving(pod: Pod) -> None:
                 text = client.audio.transcriptions.create(model=SERVED_NAME, file=audio).text
         check(text == SPEECH_TEXT, f"the OpenAI SDK's transcription is {text!r}, "
                                    f"in {time.monotonic() - started:.2f} s")
+        writable = [mount["mountPath"] for mount in pod.container.get("volumeMounts", [])
+                    if not mount.get("readOnly")]
+        probe = docker("exec", container.name, "sh", "-c",
+                       'for d in "$@"; do touch "$d/.image-test" || exit 1; done', "sh",
+                       *writable, check_rc=False)
+        check(probe.returncode == 0, f"the chart's writable mounts {writable} are writable "
+                                     f"by the pod's user{probe.stderr.strip()}")
         health = wait_for(lambda: container.state().get("Health", {}).get("Status")
                           in ("healthy", "unhealthy") and container.state()["Health"],
                           60, "a HEALTHCHECK result", container)
@@ -525,6 +535,8 @@ def check_serving(pod: Pod) -> None:
         code, at = stopped
         log(f"SIGTERM when ready: exit {code} after {at - sent:.1f} s")
         check(code == 0, f"SIGTERM when ready: exit code {code} is 0")
+        denied = [line for line in container.logs().splitlines() if "Permission denied" in line]
+        check(not denied, f"nothing was denied a write (read-only root, uid): {denied[:2]}")
     finally:
         container.remove()
 
