@@ -50,9 +50,17 @@ runs on the same machine) makes the next ones short: vLLM sits in a layer of its
 by the base image, VLLM_VERSION, the list of removed packages and TORCH_CPU_INDEX (hence the
 index's fixed port), so a change under server/ reinstalls only the server's wheel. The
 Dockerfile's pip cache mount doesn't help here: this machine's proxy serves PyPI's files in
-a form pip doesn't cache (its HTTP cache stays empty, on the host too). Each container start
-(~1 min on 2 busy cores) is the test's other cost; there are three, plus two quick
-bad-model runs.
+a form pip doesn't cache (its HTTP cache stays empty, on the host too). The containers are
+the test's other cost: two engine start-ups (one cut short by SIGTERM, one served; ~1 min
+each on 2 busy cores) and two bad-model runs of seconds. A run with the layers cached took
+3.4 min.
+
+What differs from the chart, and why: the containers run with `--health-interval 2s` (the
+image's HEALTHCHECK runs every 30 s: the test would wait up to 30 s more for its first
+verdict; the command, timeout and retries stay the image's); the test's values give the
+server a free port, the test model (a read-only hostPath in the chart's extraVolumes,
+offline) and a 1 GiB KV cache instead of ci/cpu-values.yaml's 8 GiB on this shared 24 GB
+machine, all rendered by the chart like any other values; resources aren't mapped.
 
 Environment: IMAGE_TEST_BASE (a base image to use instead of the local one),
 IMAGE_TEST_TORCH_CPU_INDEX (an index to use instead of the loopback one),
