@@ -57,6 +57,8 @@ class EngineStart:
         self._lock = threading.Lock()
         self._phase = "idle"  # idle -> running -> done, or idle -> abandoned
         self._done = threading.Event()
+        self._children_before: set[int] = set()
+        """The process's children before the start-up: not the start-up's to end."""
 
     def run(self, state: AppState) -> None:
         """In a worker thread: build the engine and leave it on ``state`` (where the
@@ -64,6 +66,7 @@ class EngineStart:
         with self._lock:
             if self._phase == "abandoned":
                 raise StartAbandoned("stopped before the engine's start-up began")
+            self._children_before = {child.pid for child in multiprocessing.active_children()}
             self._phase = "running"
         try:
             state.engine = SpeechEngine.start(state.settings)
@@ -73,7 +76,7 @@ class EngineStart:
             self._done.set()
 
     async def abandon(self, timeout_s: float = ABANDON_TIMEOUT_S) -> None:
-        """Make a start-up still under way end now: kill this process's children (vLLM's
+        """Make a start-up still under way end now: kill the children it started (vLLM's
         engine core) and theirs (its workers) until the thread returns; vLLM then raises
         in the thread ("Engine core initialization failed"). SIGTERM wouldn't do: vLLM's
         engine core only notes it while it is being built, and goes on building."""
@@ -86,19 +89,21 @@ class EngineStart:
         log.info("Stopping during start-up: ending the engine's processes.")
         deadline = time.monotonic() + timeout_s
         while not self._done.is_set() and time.monotonic() < deadline:
-            _kill_engine_processes()
+            _kill_children(exclude=self._children_before)
             await asyncio.sleep(ABANDON_POLL_S)
         if not self._done.is_set():
             log.warning("The engine's start-up did not end within %g s.", timeout_s)
 
 
-def _kill_engine_processes() -> None:
-    """SIGKILL this process's multiprocessing children and all their descendants (the
-    workers first, so none outlives its engine core): nothing in them is worth saving
-    before the engine ever served."""
+def _kill_children(exclude: set[int]) -> None:
+    """SIGKILL this process's multiprocessing children not in ``exclude``, and all their
+    descendants (the workers first, so none outlives its engine core): nothing in them is
+    worth saving before the engine ever served."""
     import psutil  # a vLLM dependency
 
     for child in multiprocessing.active_children():
+        if child.pid in exclude:
+            continue
         with contextlib.suppress(psutil.Error):
             process = psutil.Process(child.pid)
             for descendant in process.children(recursive=True):

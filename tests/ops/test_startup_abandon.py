@@ -47,6 +47,9 @@ def start_waiting_on_a_child(children: list, finished: threading.Event):
 
 
 async def test_abandon_kills_the_engine_start_and_its_thread_returns(monkeypatch):
+    # A child from before the start-up (in tests: the session's engine) is left alone.
+    bystander = multiprocessing.get_context("spawn").Process(target=_sleep_long, daemon=True)
+    bystander.start()
     children: list = []
     finished = threading.Event()
     monkeypatch.setattr(lifecycle.SpeechEngine, "start",
@@ -60,6 +63,9 @@ async def test_abandon_kills_the_engine_start_and_its_thread_returns(monkeypatch
     assert finished.is_set(), "the start-up thread still waits on its child"
     assert not children[0].is_alive()
     assert state.engine is None
+    assert bystander.is_alive(), "a child the start-up didn't start was killed"
+    bystander.kill()
+    bystander.join()
 
 
 async def test_abandon_before_the_thread_ran_keeps_the_engine_from_starting(monkeypatch):
