@@ -52,8 +52,10 @@ index's fixed port), so a change under server/ reinstalls only the server's whee
 Dockerfile's pip cache mount doesn't help here: this machine's proxy serves PyPI's files in
 a form pip doesn't cache (its HTTP cache stays empty, on the host too). The containers are
 the test's other cost: two engine start-ups (one cut short by SIGTERM, one served; ~1 min
-each on 2 busy cores) and two bad-model runs of seconds. A run with the layers cached took
-3.4 min.
+each on 2 busy cores) and two bad-model runs of seconds. Runs with the layers cached took
+3.4-6.9 min. /cache stays an emptyDir (a tmpfs), so the served engine compiles cold on every
+run, as a new pod does: a compile cache kept between runs would be faster, and would hide
+an image that can't compile (the bug issue 23 found).
 
 What differs from the chart, and why: the containers run with `--health-interval 2s` (the
 image's HEALTHCHECK runs every 30 s: the test would wait up to 30 s more for its first
