@@ -30,15 +30,15 @@ def checkpoint_files(model: str, revision: str | None = None) -> Path:
                                   allow_patterns=["config.json", "*.safetensors"]))
 
 
-def encoder_weights(root: Path):
-    """(name under the encoder, tensor) for each ``encoder.*`` weight of the checkpoint."""
+def checkpoint_weights(root: Path, prefix: str = ENCODER_PREFIX):
+    """(name without ``prefix``, tensor) for each of the checkpoint's weights under it."""
     from safetensors import safe_open
 
     for path in sorted(root.glob("*.safetensors")):
         with safe_open(path, framework="pt") as weights:
             for key in weights.keys():
-                if key.startswith(ENCODER_PREFIX):
-                    yield key[len(ENCODER_PREFIX):], weights.get_tensor(key)
+                if key.startswith(prefix):
+                    yield key[len(prefix):], weights.get_tensor(key)
 
 
 class CtcHead:
@@ -69,7 +69,7 @@ class CtcHead:
                 GraniteSpeechEncoderConfig(**config["encoder_config"]), dtype=dtype)
         expected = {name: tensor.dtype for name, tensor in encoder.state_dict().items()}
         state = {}
-        for name, tensor in encoder_weights(root):
+        for name, tensor in checkpoint_weights(root):
             if name in expected:  # a float stays float in the engine's dtype; ints stay
                 state[name] = tensor.to(device, dtype if tensor.is_floating_point() else None)
         missing = sorted(expected.keys() - state.keys())

@@ -46,11 +46,15 @@ from __future__ import annotations
 import gc
 import json
 import multiprocessing
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+
+from loadtest.servers import peak_rss_gib
+from server.asr.ctc import checkpoint_weights
 
 TOLERANCE = 1e-4
 SAMPLE_RATE = 16000
@@ -97,26 +101,6 @@ def posterior_relative(ours: np.ndarray, reference: np.ndarray) -> float:
     a lot: log posteriors sit near -log(348) = -5.85 with random weights.)"""
     assert ours.shape == reference.shape, (ours.shape, reference.shape)
     return float(np.abs(np.expm1(ours.astype(np.float64) - reference)).max())
-
-
-def checkpoint_weights(root: Path, prefix: str):
-    """(name without ``prefix``, tensor) for the checkpoint's weights under ``prefix``."""
-    from safetensors import safe_open
-
-    for path in sorted(root.glob("*.safetensors")):
-        with safe_open(path, framework="pt") as weights:
-            for key in weights.keys():
-                if key.startswith(prefix):
-                    yield key[len(prefix):], weights.get_tensor(key)
-
-
-def _peak_rss_gb() -> float:
-    """This process's peak RSS (VmHWM: unlike ``ru_maxrss``, a spawned process's does not
-    start from its parent's)."""
-    status = Path("/proc/self/status").read_text()
-    kib = next(int(line.split()[1]) for line in status.splitlines()
-               if line.startswith("VmHWM:"))
-    return kib / 1024**2
 
 
 def _plugin_side(checkpoint: str, audios: dict[str, np.ndarray]) -> dict:
@@ -211,7 +195,7 @@ def _plugin_side(checkpoint: str, audios: dict[str, np.ndarray]) -> dict:
     return {"runs": {run: {name: {key: value.numpy() for key, value in clip.items()}
                            for name, clip in clips.items()}
                      for run, clips in results.items()},
-            "peak_rss_gb": _peak_rss_gb()}
+            "peak_rss_gb": peak_rss_gib(os.getpid())}
 
 
 def _reference_side(checkpoint: Path, audios: dict[str, np.ndarray]) -> dict:
@@ -282,7 +266,7 @@ def encoded(full_size_model: Path, audios: dict[str, np.ndarray]) -> dict:
     ctc = dict(zip(audios, head.log_posteriors(list(audios.values()))))
     del head
     gc.collect()
-    peak = {"vllm process": plugin["peak_rss_gb"], "test process": _peak_rss_gb()}
+    peak = {"vllm process": plugin["peak_rss_gb"], "test process": peak_rss_gib(os.getpid())}
     print(f"\npeak RSS (GB): {peak}")
     return {"plugin": plugin["runs"], "reference": reference, "ctc_head": ctc,
             "peak_rss_gb": peak}

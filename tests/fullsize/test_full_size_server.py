@@ -26,7 +26,7 @@ from loadtest.servers import peak_rss_gib, server_processes
 from server.audio.decode import decode_audio
 from server.audio.features import SAMPLE_RATE
 from tests import audio_samples
-from tests.ops.conftest import server_process, wav_bytes
+from tests.ops.conftest import scrape, server_process, value, wav_bytes
 
 READY_WITHIN_S = 900
 """Generous: ready in 238-359 s here (other work on the machine in most runs); ~9 min with
@@ -110,23 +110,15 @@ def test_uploads_of_10_and_60_seconds_answer_with_words_and_usage(answers: list[
 def test_usage_is_what_the_engine_read_and_no_prompt_exceeds_the_context(server, answers):
     """Usage counts audio tokens by the formula; the engine reports its own prompt
     lengths (the plugin's expansion of the audio placeholder) per segment."""
-    metrics = httpx.get(f"{server.url}/metrics").text
-    count = _sample(metrics, "granite_speech_prompt_tokens_count")
-    assert count == _sample(metrics, "granite_speech_segments_per_request_sum")
-    assert _sample(metrics, "granite_speech_prompt_tokens_sum") == \
+    samples = scrape(httpx.get(f"{server.url}/metrics").text)
+    endpoint = {"endpoint": "/v1/audio/transcriptions"}
+    count = value(samples, "granite_speech_prompt_tokens_count", **endpoint)
+    assert count > 0
+    assert count == value(samples, "granite_speech_segments_per_request_sum", **endpoint)
+    assert value(samples, "granite_speech_prompt_tokens_sum", **endpoint) == \
         sum(answer["usage"]["input_tokens"] for answer in answers)
-    assert _sample(metrics, "granite_speech_prompt_tokens_bucket",
-                   le=f"{float(MAX_MODEL_LEN)}") == count
-
-
-def _sample(text: str, name: str, **labels: str) -> float:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    values = [sample.value for family in text_string_to_metric_families(text)
-              for sample in family.samples
-              if sample.name == name and labels.items() <= sample.labels.items()]
-    assert values, f"{name}{labels} not exported"
-    return sum(values)
+    assert value(samples, "granite_speech_prompt_tokens_bucket",
+                 le=f"{float(MAX_MODEL_LEN)}", **endpoint) == count
 
 
 def test_started_in_time_and_each_process_stayed_within_its_memory(server, answers):
