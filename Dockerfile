@@ -53,7 +53,7 @@ RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
     --mount=type=cache,target=/root/.cache/pip \
     pip install /wheels/granite_speech_server-*.whl \
     && pip uninstall -y ${UNUSED_ON_CPU} \
-    && python -c "import vllm.multimodal, vllm.v1.worker.cpu_worker, transformers, server.app"
+    && python -c "import vllm.multimodal, vllm.v1.worker.cpu_worker, transformers, granite_speech_server.app"
 
 # ---- cpu: the CPU-only runtime -----------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS cpu

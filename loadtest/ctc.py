@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from server.asr.ctc import CtcHead
-from server.asr.engine import SpeechEngine
-from server.asr.transcriber import Transcriber, TranscriptionOptions
-from server.config import Settings
+from granite_speech_server.asr.ctc import CtcHead
+from granite_speech_server.asr.engine import SpeechEngine
+from granite_speech_server.asr.transcriber import Transcriber, TranscriptionOptions
+from granite_speech_server.config import Settings
 from tools.speech_corpus import SAMPLE_RATE, small_heldout_set, word_error_rate
 
 

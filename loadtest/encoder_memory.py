@@ -29,8 +29,8 @@ def _encode(seconds: float, dtype_name: str) -> dict[str, float]:
         GraniteSpeechEncoderProjector,
     )
 
-    from server.audio.features import audio_token_count
-    from server.vllm_plugin.encoder import encode_audios
+    from granite_speech_server.audio.features import audio_token_count
+    from granite_speech_server.vllm_plugin.encoder import encode_audios
     from tools.full_size_model import CONFIG
 
     dtype = getattr(torch, dtype_name)

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from loadtest.corpus import encode
-from server.audio.decode import decode_audio
-from server.audio.features import log_mel_features
+from granite_speech_server.audio.decode import decode_audio
+from granite_speech_server.audio.features import log_mel_features
 from tools.long_audio import long_recording
 from tools.speech_corpus import SAMPLE_RATE
 

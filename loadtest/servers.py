@@ -1,6 +1,6 @@
 """Start and stop the two servers compared here, on the same model and machine.
 
-Ours: ``python -m server``. vLLM's own: ``python -m vllm.entrypoints.openai.api_server``
+Ours: ``python -m granite_speech_server``. vLLM's own: ``python -m vllm.entrypoints.openai.api_server``
 in the same environment, with this project's plugin selected through
 ``--hf-overrides`` and the dtype ours picks, so engine and audio processor are
 identical and only the serving layer differs.
@@ -21,12 +21,12 @@ from pathlib import Path
 
 import httpx
 
-from server.asr.engine import engine_dtype
-from server.vllm_plugin import ARCHITECTURE
+from granite_speech_server.asr.engine import engine_dtype
+from granite_speech_server.vllm_plugin import ARCHITECTURE
 
 
 def our_command(model: str, port: int, extra: list[str]) -> list[str]:
-    return [sys.executable, "-m", "server", "--model", model, "--port", str(port),
+    return [sys.executable, "-m", "granite_speech_server", "--model", model, "--port", str(port),
             "--host", "127.0.0.1", *extra]
 
 

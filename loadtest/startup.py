@@ -3,7 +3,7 @@
     python tools/full_size_model.py                      # the size-true checkpoint, once
     python -m loadtest.startup [--model DIR] [-- SERVER FLAGS]
 
-Starts ``python -m server`` (``loadtest.servers``) as a user would, waits for ``/ready``,
+Starts ``python -m granite_speech_server`` (``loadtest.servers``) as a user would, waits for ``/ready``,
 and prints the seconds it took, what the engine reported (dtype, KV cache, the audio its
 memory profile used), the CPU seconds and the peak resident memory (the kernel's VmHWM)
 of the API process, vLLM's engine core and its worker. ``--request SECONDS`` also sends

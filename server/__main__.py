@@ -1,4 +1,4 @@
-"""CLI: ``granite-speech-server`` / ``python -m server``.
+"""CLI: ``granite-speech-server`` / ``python -m granite_speech_server``.
 
 Exit codes: 0 after a requested shutdown (SIGTERM/SIGINT); 1 when start-up
 failed or the engine died (the orchestrator should restart the process).
@@ -12,11 +12,11 @@ import sys
 import uvicorn
 from pydantic_settings import CliApp
 
-from server.app import create_app
-from server.asr.engine import ModelUnavailable, check_granite_speech
-from server.config import Settings
-from server.lifecycle import GracefulServer
-from server.logs import configure_logging
+from granite_speech_server.app import create_app
+from granite_speech_server.asr.engine import ModelUnavailable, check_granite_speech
+from granite_speech_server.config import Settings
+from granite_speech_server.lifecycle import GracefulServer
+from granite_speech_server.logs import configure_logging
 
 
 def main(argv: list[str] | None = None) -> None:

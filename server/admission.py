@@ -10,7 +10,7 @@ counters need no lock.
 
 from __future__ import annotations
 
-from server.errors import TooManyRequests, TooMuchAudioInFlight
+from granite_speech_server.errors import TooManyRequests, TooMuchAudioInFlight
 
 RETRY_AFTER_S = "1"
 

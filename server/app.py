@@ -15,18 +15,18 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import Scope
 
-from server import lifecycle, memory
-from server.api import audio, health, models
-from server.api.auth import OPEN_PATHS, ApiKeys, AuthMiddleware
-from server.api.context import RequestContextMiddleware
-from server.api.envelope import error_body, error_response
-from server.api.gate import GateMiddleware
-from server.api.upload_limit import UploadLimitMiddleware
-from server.asr.ctc import CtcHead
-from server.asr.engine import SpeechEngine
-from server.config import Settings
-from server.errors import ServerError
-from server.state import AppState
+from granite_speech_server import lifecycle, memory
+from granite_speech_server.api import audio, health, models
+from granite_speech_server.api.auth import OPEN_PATHS, ApiKeys, AuthMiddleware
+from granite_speech_server.api.context import RequestContextMiddleware
+from granite_speech_server.api.envelope import error_body, error_response
+from granite_speech_server.api.gate import GateMiddleware
+from granite_speech_server.api.upload_limit import UploadLimitMiddleware
+from granite_speech_server.asr.ctc import CtcHead
+from granite_speech_server.asr.engine import SpeechEngine
+from granite_speech_server.config import Settings
+from granite_speech_server.errors import ServerError
+from granite_speech_server.state import AppState
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Domain errors, each carrying what OpenAI's error envelope needs.
 
-Domain code raises these; one exception handler in ``server.app`` turns any
+Domain code raises these; one exception handler in ``granite_speech_server.app`` turns any
 ``ServerError`` into ``{"error": {"message", "type", "param", "code"}}`` with
 the error's status. Subclasses only set defaults, so raising one reads like
 the problem it names.

@@ -34,10 +34,10 @@ from typing import TYPE_CHECKING
 
 import uvicorn
 
-from server.asr.engine import SpeechEngine
+from granite_speech_server.asr.engine import SpeechEngine
 
 if TYPE_CHECKING:
-    from server.state import AppState
+    from granite_speech_server.state import AppState
 
 log = logging.getLogger(__name__)
 

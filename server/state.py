@@ -6,13 +6,13 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from server.admission import Admission
-from server.asr.ctc import CtcHead
-from server.asr.engine import SpeechEngine
-from server.asr.transcriber import Transcriber
-from server.config import Settings
-from server.lifecycle import EngineStart
-from server.metrics import Metrics
+from granite_speech_server.admission import Admission
+from granite_speech_server.asr.ctc import CtcHead
+from granite_speech_server.asr.engine import SpeechEngine
+from granite_speech_server.asr.transcriber import Transcriber
+from granite_speech_server.config import Settings
+from granite_speech_server.lifecycle import EngineStart
+from granite_speech_server.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ class AppState:
     draining: bool = False
     """Shutting down: readiness is false and new audio requests are refused."""
     engine_failed: bool = False
-    """The engine died; the process is on its way out (see ``server.lifecycle``)."""
+    """The engine died; the process is on its way out (see ``granite_speech_server.lifecycle``)."""
     startup_error: BaseException | None = None
     exit_code: int = 0
     """What the process exits with once the HTTP server stopped."""
@@ -36,7 +36,7 @@ class AppState:
     """Asks the HTTP server to stop, optionally ``after_s`` seconds from now (the
     listener stays open meanwhile); the CLI points it at uvicorn."""
     engine_start: EngineStart = field(default_factory=EngineStart)
-    """The start-up of an engine the app owns (``server.lifecycle``)."""
+    """The start-up of an engine the app owns (``granite_speech_server.lifecycle``)."""
     admission: Admission = field(init=False)
     metrics: Metrics = field(init=False)
 
@@ -53,7 +53,7 @@ class AppState:
 
     @property
     def engine_dead(self) -> bool:
-        """The engine died after serving: the watcher (``server.lifecycle``) has acted
+        """The engine died after serving: the watcher (``granite_speech_server.lifecycle``) has acted
         on it, or it is dead and the watcher hasn't looked yet."""
         return self.engine_failed or (self.ready and not self.engine_alive)
 

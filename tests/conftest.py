@@ -14,9 +14,9 @@ import pytest
 import pytest_asyncio
 import uvicorn
 
-from server.app import create_app
-from server.asr.engine import SpeechEngine
-from server.config import Settings
+from granite_speech_server.app import create_app
+from granite_speech_server.asr.engine import SpeechEngine
+from granite_speech_server.config import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAINED_MODEL = ROOT / "tests" / "fixtures" / "tiny-granite-speech"

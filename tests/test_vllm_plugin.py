@@ -8,12 +8,12 @@ from importlib.metadata import entry_points
 
 import pytest
 
-from server.vllm_plugin import ARCHITECTURE, register
+from granite_speech_server.vllm_plugin import ARCHITECTURE, register
 
 
 def test_plugin_entry_point_is_installed():
     names = {ep.value for ep in entry_points(group="vllm.general_plugins")}
-    assert "server.vllm_plugin:register" in names
+    assert "granite_speech_server.vllm_plugin:register" in names
 
 
 def test_register_adds_the_architecture_once():
@@ -27,7 +27,7 @@ def test_register_adds_the_architecture_once():
 def test_model_class_is_vllms_granite_network_with_our_processor():
     from vllm.model_executor.models.granite_speech import GraniteSpeechForConditionalGeneration
 
-    from server.vllm_plugin import granite
+    from granite_speech_server.vllm_plugin import granite
 
     model_class = granite.GraniteSpeechServerForConditionalGeneration
     assert model_class.__name__ == ARCHITECTURE
@@ -87,7 +87,7 @@ def _encode_in_fresh_process(lengths: list[int]) -> dict[str, list[float]]:
     process of their own: their parallel layers need vLLM's distributed state set up."""
     import torch
 
-    from server.vllm_plugin.encoder import encode_audios
+    from granite_speech_server.vllm_plugin.encoder import encode_audios
 
     config, encoder, projector = _vllm_encoder_and_projector()
     tokens_per_window = config.window_size // config.downsample_rate
@@ -110,7 +110,7 @@ def _encode_in_fresh_process(lengths: list[int]) -> dict[str, list[float]]:
 
 
 def test_audios_are_packed_in_order_up_to_the_pack_size():
-    from server.vllm_plugin.encoder import PACK_FRAMES, _packs
+    from granite_speech_server.vllm_plugin.encoder import PACK_FRAMES, _packs
 
     lengths = [1000, 400, 200, PACK_FRAMES + 500, 10]
     assert _packs(lengths) == [slice(0, 2), slice(2, 3), slice(3, 4), slice(4, 5)]
@@ -138,7 +138,7 @@ def _next_message_wait(spin_ms: float | None, notified: bool) -> tuple[float, fl
 
     from vllm.distributed.device_communicators.shm_broadcast import MessageQueue
 
-    from server.vllm_plugin import shm_wait
+    from granite_speech_server.vllm_plugin import shm_wait
 
     if spin_ms is not None:
         shm_wait.install(spin_ms)
@@ -222,7 +222,7 @@ def _send_later(core: _Core, requests: list[str], apart_s: float) -> None:
 def test_an_idle_engine_core_takes_a_burst_whole():
     """Segments sent together arrive one message at a time: the core woken by the first
     waits for the rest (200 ms here) before its step, instead of encoding it alone."""
-    from server.vllm_plugin.intake import gathering
+    from granite_speech_server.vllm_plugin.intake import gathering
 
     # Requests 20 ms apart: well inside the wait, far outside a thread switch.
     core = _Core()
@@ -239,7 +239,7 @@ def test_an_idle_engine_core_takes_a_burst_whole():
 def test_a_busy_engine_core_does_not_wait_and_a_trickle_does_not_hold_it():
     import time
 
-    from server.vllm_plugin.intake import MAX_GATHER_ROUNDS, gathering
+    from granite_speech_server.vllm_plugin.intake import MAX_GATHER_ROUNDS, gathering
 
     busy = _Core(busy=True)
     _send_later(busy, ["late"], apart_s=0)
@@ -261,7 +261,7 @@ def test_a_busy_engine_core_does_not_wait_and_a_trickle_does_not_hold_it():
 def test_intake_is_installed_on_vllms_engine_core_once():
     from vllm.v1.engine.core import EngineCoreProc
 
-    from server.vllm_plugin import intake
+    from granite_speech_server.vllm_plugin import intake
 
     vllm_take = getattr(EngineCoreProc._process_input_queue, "__wrapped__",
                         EngineCoreProc._process_input_queue)
@@ -281,7 +281,7 @@ def _encode_with_autograd_on() -> dict[str, bool]:
     runs its start-up profile."""
     import torch
 
-    from server.vllm_plugin.encoder import encode_audios
+    from granite_speech_server.vllm_plugin.encoder import encode_audios
 
     _, encoder, projector = _vllm_encoder_and_projector()
     wants_grad = any(p.requires_grad for p in encoder.parameters())
@@ -304,7 +304,7 @@ def test_the_ctc_head_records_nothing_for_autograd_whatever_the_callers_mode():
     import numpy as np
     import torch
 
-    from server.asr.ctc import CtcHead
+    from granite_speech_server.asr.ctc import CtcHead
     from tests.conftest import TRAINED_MODEL
 
     head = CtcHead.load(str(TRAINED_MODEL))
@@ -320,7 +320,7 @@ def test_the_ctc_head_records_nothing_for_autograd_whatever_the_callers_mode():
 def test_the_ctc_head_runs_in_the_dtype_and_on_the_device_it_is_given():
     import torch
 
-    from server.asr.ctc import CtcHead
+    from granite_speech_server.asr.ctc import CtcHead
     from tests.conftest import TRAINED_MODEL
 
     head = CtcHead.load(str(TRAINED_MODEL), dtype=torch.bfloat16, device="cpu")

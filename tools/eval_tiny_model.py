@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Held-out evaluation of the tiny test model through the real server over HTTP.
 
-Starts ``python -m server --model MODEL --port PORT`` (or uses ``--url`` of a running server),
+Starts ``python -m granite_speech_server --model MODEL --port PORT`` (or uses ``--url`` of a running server),
 waits for ``GET /ready``, then sends every held-out clip (16-bit WAV) to
 ``POST /v1/audio/transcriptions`` and, for French/German/Spanish, to
 ``POST /v1/audio/translations`` with ``to_language``; silence/noise clips go to all four.
@@ -46,7 +46,7 @@ LANGS = ("en", "fr", "de", "es")
 def start_server(model: str, port: int, log_path: Path) -> subprocess.Popen:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     fh = open(log_path, "w")
-    cmd = [sys.executable, "-m", "server", "--model", model, "--port", str(port)]
+    cmd = [sys.executable, "-m", "granite_speech_server", "--model", model, "--port", str(port)]
     return subprocess.Popen(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT,
                             start_new_session=True)
 

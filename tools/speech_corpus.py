@@ -25,7 +25,7 @@ Design
 
 Cache layout (``.cache/speech/``, gitignored): ``words/<voice key>/<word>.npy`` (trimmed float32
 16 kHz clips), and per split ``<split>/meta.jsonl`` + ``features.npy`` (float16 log-mel features
-from ``server.audio.features.log_mel_features``, concatenated; ``meta`` holds offsets) +
+from ``granite_speech_server.audio.features.log_mel_features``, concatenated; ``meta`` holds offsets) +
 for held-out splits ``audio.npy`` (float32 waveforms, concatenated).
 
     python tools/speech_corpus.py build --split train   [--n-speech 12000 --n-empty 1500]
@@ -400,7 +400,7 @@ def _build_chunk(args) -> tuple[list[dict], np.ndarray, np.ndarray | None]:
     import torch
 
     torch.set_num_threads(1)
-    from server.audio.features import log_mel_features
+    from granite_speech_server.audio.features import log_mel_features
 
     seed, voices_fn, train, keep_audio = SPLITS[split]
     voices = voices_fn()

@@ -60,14 +60,14 @@ for p in (ROOT, ROOT / "tools"):
 
 import speech_corpus as sc  # noqa: E402
 import tiny_model as tm  # noqa: E402
-from server.asr.prompt import (  # noqa: E402
+from granite_speech_server.asr.prompt import (  # noqa: E402
     AUDIO_PLACEHOLDER,
     TRANSCRIBE_INSTRUCTION,
     keyword_suffix,
     render_prompt,
     translate_instruction,
 )
-from server.audio.features import audio_token_count  # noqa: E402
+from granite_speech_server.audio.features import audio_token_count  # noqa: E402
 
 TASKS = ("en", "fr", "de", "es")  # "en" = transcription
 WORK = ROOT / ".cache" / "train"

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Form, Request, UploadFile
 from fastapi.responses import Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from server.api.audio_form import (
+from granite_speech_server.api.audio_form import (
     ChunkingField,
     FileField,
     KeywordsField,
@@ -28,25 +28,25 @@ from server.api.audio_form import (
     collect_keywords,
     log_unknown_fields,
 )
-from server.api.context import RequestContext, request_context
-from server.api.deadline import iterate_within, within
-from server.api.deps import StateDep, TranscriberDep
-from server.api.gate import TICKET_KEY
-from server.api.protocol import ErrorResponse, TranscriptionResponse, VerboseTranscriptionResponse
-from server.asr.transcriber import (
+from granite_speech_server.api.context import RequestContext, request_context
+from granite_speech_server.api.deadline import iterate_within, within
+from granite_speech_server.api.deps import StateDep, TranscriberDep
+from granite_speech_server.api.gate import TICKET_KEY
+from granite_speech_server.api.protocol import ErrorResponse, TranscriptionResponse, VerboseTranscriptionResponse
+from granite_speech_server.asr.transcriber import (
     Finished,
     TextDelta,
     Transcriber,
     TranscriptEvent,
     TranscriptionOptions,
 )
-from server.audio.decode import HEAD_S, DecodedAudio, decode_audio
-from server.audio.probe import probe_format
-from server.errors import InvalidRequest, ServerError, TooMuchAudioInFlight, UploadTooLarge
-from server.formats.render import render
-from server.formats.sse import sse_stream
-from server.metrics import Metrics
-from server.state import AppState
+from granite_speech_server.audio.decode import HEAD_S, DecodedAudio, decode_audio
+from granite_speech_server.audio.probe import probe_format
+from granite_speech_server.errors import InvalidRequest, ServerError, TooMuchAudioInFlight, UploadTooLarge
+from granite_speech_server.formats.render import render
+from granite_speech_server.formats.sse import sse_stream
+from granite_speech_server.metrics import Metrics
+from granite_speech_server.state import AppState
 
 router = APIRouter(tags=["audio"])
 

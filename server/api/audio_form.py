@@ -15,11 +15,11 @@ from typing import Annotated, Literal
 from fastapi import File, Form, Request, UploadFile
 from pydantic import BaseModel, Field, ValidationError
 
-from server.api.protocol import ResponseFormat
-from server.asr.prompt import LANGUAGE_NAMES, TRANSCRIPTION_LANGUAGES, TRANSLATION_PAIRS
-from server.audio.vad import VadOptions
-from server.errors import InvalidRequest, ModelNotFound, UnsupportedLanguage
-from server.state import AppState
+from granite_speech_server.api.protocol import ResponseFormat
+from granite_speech_server.asr.prompt import LANGUAGE_NAMES, TRANSCRIPTION_LANGUAGES, TRANSLATION_PAIRS
+from granite_speech_server.audio.vad import VadOptions
+from granite_speech_server.errors import InvalidRequest, ModelNotFound, UnsupportedLanguage
+from granite_speech_server.state import AppState
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from collections.abc import Iterable
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from server.api.envelope import error_response
-from server.errors import Unauthorized
+from granite_speech_server.api.envelope import error_response
+from granite_speech_server.errors import Unauthorized
 
 OPEN_PATHS = frozenset({"/health", "/ready", "/metrics", "/docs", "/docs/oauth2-redirect",
                         "/redoc", "/openapi.json"})

@@ -21,11 +21,11 @@ from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server.api.envelope import error_response
-from server.api.deadline import Deadline
-from server.errors import ServerError
-from server.logs import ACCESS_LOGGER, request_id_var
-from server.metrics import Metrics
+from granite_speech_server.api.envelope import error_response
+from granite_speech_server.api.deadline import Deadline
+from granite_speech_server.errors import ServerError
+from granite_speech_server.logs import ACCESS_LOGGER, request_id_var
+from granite_speech_server.metrics import Metrics
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger(ACCESS_LOGGER)

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from server.errors import RequestTimeout
+from granite_speech_server.errors import RequestTimeout
 
 T = TypeVar("T")
 

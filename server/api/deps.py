@@ -6,9 +6,9 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from server.asr.transcriber import Transcriber
-from server.errors import NotReady
-from server.state import AppState
+from granite_speech_server.asr.transcriber import Transcriber
+from granite_speech_server.errors import NotReady
+from granite_speech_server.state import AppState
 
 
 def get_state(request: Request) -> AppState:

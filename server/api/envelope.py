@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from fastapi.responses import JSONResponse
 
-from server.errors import ServerError
+from granite_speech_server.errors import ServerError
 
 
 def error_body(message: str, error_type: str, param: str | None = None,

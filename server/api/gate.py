@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server.admission import RETRY_AFTER_S, Ticket
-from server.api.envelope import error_response
-from server.errors import EngineError, NotReady, ServerError, ShuttingDown, TooManyRequests
-from server.state import AppState
+from granite_speech_server.admission import RETRY_AFTER_S, Ticket
+from granite_speech_server.api.envelope import error_response
+from granite_speech_server.errors import EngineError, NotReady, ServerError, ShuttingDown, TooManyRequests
+from granite_speech_server.state import AppState
 
 GUARDED_PREFIX = "/v1/audio/"
 TICKET_KEY = "granite_speech.admission"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 
-from server.api.deps import StateDep
+from granite_speech_server.api.deps import StateDep
 
 router = APIRouter(tags=["operations"])
 

@@ -6,11 +6,11 @@ import time
 
 from fastapi import APIRouter
 
-from server.api.deps import StateDep
-from server.api.protocol import ErrorResponse, ModelCard, ModelList
-from server.asr.prompt import TRANSCRIPTION_LANGUAGES
-from server.errors import ModelNotFound
-from server.state import AppState
+from granite_speech_server.api.deps import StateDep
+from granite_speech_server.api.protocol import ErrorResponse, ModelCard, ModelList
+from granite_speech_server.asr.prompt import TRANSCRIPTION_LANGUAGES
+from granite_speech_server.errors import ModelNotFound
+from granite_speech_server.state import AppState
 
 router = APIRouter(tags=["models"])
 _STARTED = int(time.time())

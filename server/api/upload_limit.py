@@ -17,9 +17,9 @@ from starlette.datastructures import Headers
 from starlette.formparsers import MultiPartParser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server.api.context import CONTEXT_KEY, RequestContext
-from server.api.envelope import error_response
-from server.errors import ServerError, UploadTooLarge
+from granite_speech_server.api.context import CONTEXT_KEY, RequestContext
+from granite_speech_server.api.envelope import error_response
+from granite_speech_server.errors import ServerError, UploadTooLarge
 
 FORM_OVERHEAD_BYTES = 64 * 1024
 """Room for the multipart framing and the text fields beside a file of the full size."""

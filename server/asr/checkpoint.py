@@ -13,7 +13,7 @@ import json
 import logging
 from pathlib import Path
 
-from server.audio.features import FEATURE_DIM
+from granite_speech_server.audio.features import FEATURE_DIM
 
 GRANITE_SPEECH_MODEL_TYPE = "granite_speech"
 ENCODER_FIELDS = ("input_dim", "num_layers", "hidden_dim", "num_heads", "dim_head",

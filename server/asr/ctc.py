@@ -3,7 +3,7 @@
 vLLM keeps encoder outputs to itself, so word timing needs a second encoder
 pass: the same checkpoint's ``encoder.*`` weights, loaded once into
 transformers' Granite encoder, on the engine's device. Its CTC head gives
-per-20 ms-frame label posteriors for forced alignment (``server.asr.align``).
+per-20 ms-frame label posteriors for forced alignment (``granite_speech_server.asr.align``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from server.audio.features import log_mel_features
+from granite_speech_server.audio.features import log_mel_features
 
 ENCODER_PREFIX = "encoder."
 

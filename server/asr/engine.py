@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from server.asr.checkpoint import ModelUnavailable, check_granite_speech
-from server.audio.features import SAMPLE_RATE, longest_audio_samples
-from server.config import Settings
-from server.errors import EngineError
-from server.vllm_plugin import ARCHITECTURE, intake, shm_wait
+from granite_speech_server.asr.checkpoint import ModelUnavailable, check_granite_speech
+from granite_speech_server.audio.features import SAMPLE_RATE, longest_audio_samples
+from granite_speech_server.config import Settings
+from granite_speech_server.errors import EngineError
+from granite_speech_server.vllm_plugin import ARCHITECTURE, intake, shm_wait
 
 log = logging.getLogger(__name__)
 
@@ -271,7 +271,7 @@ class RenderedTogether:
     submitted together, but the first would reach an idle engine core alone, and the
     core would start a step encoding it while the others are still being rendered.
     Released together, they reach the core in one burst, which it takes in whole
-    (``server.vllm_plugin.intake``) and encodes in one step."""
+    (``granite_speech_server.vllm_plugin.intake``) and encodes in one step."""
 
     def __init__(self, renderer) -> None:
         self._renderer = renderer

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from server.asr.align import BLANK
+from granite_speech_server.asr.align import BLANK
 
 
 @dataclass(frozen=True)

@@ -18,18 +18,18 @@ from typing import Literal
 
 import numpy as np
 
-from server.asr import prompt as prompts
-from server.asr.align import NotAlignable, WordTiming, word_timings
-from server.asr.ctc import CtcHead
-from server.asr.engine import SegmentRequest, SegmentResult, SpeechEngine, TokenLogprob
-from server.asr.speculative import accepted_prefix, ctc_draft
-from server.asr.stitch import UNSPACED_LANGUAGES, join_texts
-from server.audio.features import SAMPLE_RATE, audio_token_count
-from server.audio.progressive import DecodeCancelled, DecodingAudio
-from server.audio.segment import PlannedSegment, Planner, PlanOptions, plan_in_windows
-from server.audio.vad import VadOptions
-from server.config import Settings
-from server.priority import start_thread
+from granite_speech_server.asr import prompt as prompts
+from granite_speech_server.asr.align import NotAlignable, WordTiming, word_timings
+from granite_speech_server.asr.ctc import CtcHead
+from granite_speech_server.asr.engine import SegmentRequest, SegmentResult, SpeechEngine, TokenLogprob
+from granite_speech_server.asr.speculative import accepted_prefix, ctc_draft
+from granite_speech_server.asr.stitch import UNSPACED_LANGUAGES, join_texts
+from granite_speech_server.audio.features import SAMPLE_RATE, audio_token_count
+from granite_speech_server.audio.progressive import DecodeCancelled, DecodingAudio
+from granite_speech_server.audio.segment import PlannedSegment, Planner, PlanOptions, plan_in_windows
+from granite_speech_server.audio.vad import VadOptions
+from granite_speech_server.config import Settings
+from granite_speech_server.priority import start_thread
 
 Task = Literal["transcribe", "translate"]
 
@@ -399,7 +399,7 @@ async def planned_ahead(windows: Iterator[list[PlannedSegment]], niceness: int =
                         ) -> AsyncIterator[list[PlannedSegment]]:
     """The plan's batches, computed in a thread of the request's own that runs ahead: the
     VAD reads the next window while the event loop hands this one to the engine. The
-    thread runs at ``niceness`` (``server.priority``). Once the
+    thread runs at ``niceness`` (``granite_speech_server.priority``). Once the
     request is gone, closing its audio stops the thread at its next read."""
     loop = asyncio.get_running_loop()
     batches: asyncio.Queue = asyncio.Queue()

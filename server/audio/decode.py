@@ -35,9 +35,9 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from server.audio.progressive import DecodeCancelled, DecodingAudio
-from server.errors import AudioDecodeError, AudioTooLong, AudioTooShort, EmptyAudio, ServerError
-from server.priority import start_thread
+from granite_speech_server.audio.progressive import DecodeCancelled, DecodingAudio
+from granite_speech_server.errors import AudioDecodeError, AudioTooLong, AudioTooShort, EmptyAudio, ServerError
+from granite_speech_server.priority import start_thread
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ def decode_audio(
 
     Decodes ``head_s`` seconds here; when the file declares its duration and is
     longer, a thread decodes the rest into ``DecodedAudio.audio`` and raises its
-    errors to the readers (at ``rest_niceness``, see ``server.priority``).
+    errors to the readers (at ``rest_niceness``, see ``granite_speech_server.priority``).
     ``max_duration_s`` also bounds memory (decoding stops just past it); with None a
     small, highly compressed file can expand without limit.
     Raises EmptyAudio, AudioDecodeError, AudioTooShort or AudioTooLong.

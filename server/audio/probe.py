@@ -11,7 +11,7 @@ import io
 
 import av
 
-from server.audio.decode import _format_name  # the same names as DecodedAudio's
+from granite_speech_server.audio.decode import _format_name  # the same names as DecodedAudio's
 
 UNKNOWN = "unknown"
 

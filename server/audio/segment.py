@@ -17,9 +17,9 @@ from typing import Protocol
 
 import numpy as np
 
-from server.audio.features import SAMPLE_RATE
-from server.audio.progressive import DecodingAudio
-from server.audio.vad import SpeechDetector, VadOptions, speech_regions
+from granite_speech_server.audio.features import SAMPLE_RATE
+from granite_speech_server.audio.progressive import DecodingAudio
+from granite_speech_server.audio.vad import SpeechDetector, VadOptions, speech_regions
 
 QUIET_WINDOW = SAMPLE_RATE // 20
 """Energy is compared over 50 ms windows when looking for the quietest cut."""

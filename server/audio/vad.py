@@ -1,6 +1,6 @@
 """Speech detection with Silero VAD (the model bundled in the silero-vad package).
 
-The network runs a block of frames per call (``server.audio.silero``, ~2200x real
+The network runs a block of frames per call (``granite_speech_server.audio.silero``, ~2200x real
 time on one core, where the package's frame-by-frame loop manages ~100x and its
 ONNX sequence model ~900x), inside GIL-releasing torch kernels. CPU-bound: call
 from a worker thread, never the event loop.
@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from server.audio.features import SAMPLE_RATE
-from server.audio.progressive import DecodingAudio
-from server.audio.silero import CONTEXT, FRAME, SileroNetwork
+from granite_speech_server.audio.features import SAMPLE_RATE
+from granite_speech_server.audio.progressive import DecodingAudio
+from granite_speech_server.audio.silero import CONTEXT, FRAME, SileroNetwork
 
 BLOCK_FRAMES = 256
 """Frames per network call (~8 s): few calls, and a first window is ready soon."""

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
-from server.api.protocol import (
+from granite_speech_server.api.protocol import (
     DurationUsage,
     InputTokenDetails,
     TokenLogprobOut,
@@ -17,10 +17,10 @@ from server.api.protocol import (
     TranscriptionWord,
     VerboseTranscriptionResponse,
 )
-from server.asr.engine import TokenLogprob
-from server.asr.prompt import LANGUAGE_NAMES
-from server.asr.transcriber import Segment, Transcript, Usage
-from server.formats.subtitles import to_srt, to_vtt
+from granite_speech_server.asr.engine import TokenLogprob
+from granite_speech_server.asr.prompt import LANGUAGE_NAMES
+from granite_speech_server.asr.transcriber import Segment, Transcript, Usage
+from granite_speech_server.formats.subtitles import to_srt, to_vtt
 
 DEFAULT_GRANULARITIES = frozenset({"segment"})
 

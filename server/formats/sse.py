@@ -12,15 +12,15 @@ from collections.abc import AsyncIterator
 
 from pydantic import BaseModel
 
-from server.api.protocol import (
+from granite_speech_server.api.protocol import (
     ErrorDetail,
     StreamError,
     TranscriptTextDelta,
     TranscriptTextDone,
 )
-from server.asr.transcriber import Finished, TextDelta, TranscriptEvent
-from server.errors import ServerError
-from server.formats.render import logprobs_out, token_usage
+from granite_speech_server.asr.transcriber import Finished, TextDelta, TranscriptEvent
+from granite_speech_server.errors import ServerError
+from granite_speech_server.formats.render import logprobs_out, token_usage
 
 log = logging.getLogger(__name__)
 

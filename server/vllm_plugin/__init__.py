@@ -12,13 +12,13 @@ its next step (``intake``).
 ARCHITECTURE = "GraniteSpeechServerForConditionalGeneration"
 """Architecture name the server passes as ``hf_overrides`` to select the class."""
 
-_MODEL_CLASS = "server.vllm_plugin.granite:GraniteSpeechServerForConditionalGeneration"
+_MODEL_CLASS = "granite_speech_server.vllm_plugin.granite:GraniteSpeechServerForConditionalGeneration"
 
 
 def register() -> None:
     from vllm import ModelRegistry
 
-    from server.vllm_plugin import intake, shm_wait
+    from granite_speech_server.vllm_plugin import intake, shm_wait
 
     if ARCHITECTURE not in ModelRegistry.get_supported_archs():
         ModelRegistry.register_model(ARCHITECTURE, _MODEL_CLASS)

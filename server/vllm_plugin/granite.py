@@ -3,9 +3,9 @@
 vLLM's built-in Granite processor instantiates transformers'
 ``GraniteSpeechFeatureExtractor``, which needs torchaudio; torchaudio has no CPU
 build that works beside vLLM's CPU torch. These subclasses replace every place
-vLLM would reach the Hugging Face processor with ``server.audio.features``,
+vLLM would reach the Hugging Face processor with ``granite_speech_server.audio.features``,
 which computes the same log-mel features in plain torch. The neural network
-itself is vLLM's; ``server.vllm_plugin.encoder`` batches its encoder so that each
+itself is vLLM's; ``granite_speech_server.vllm_plugin.encoder`` batches its encoder so that each
 audio's embeddings don't depend on what it is batched with.
 """
 
@@ -30,13 +30,13 @@ from vllm.multimodal.parse import AudioProcessorItems, MultiModalDataParser
 from vllm.multimodal.processing import PromptReplacement
 from vllm.transformers_utils.repo_utils import get_hf_file_to_dict
 
-from server.audio.features import (
+from granite_speech_server.audio.features import (
     SAMPLE_RATE,
     audio_token_count,
     log_mel_features,
     longest_audio_samples,
 )
-from server.vllm_plugin.encoder import encode_audios
+from granite_speech_server.vllm_plugin.encoder import encode_audios
 
 AUDIO_PLACEHOLDER = "<|audio|>"
 
@@ -170,7 +170,7 @@ class GraniteSpeechServerMultiModalProcessor(GraniteSpeechMultiModalProcessor):
 )
 class GraniteSpeechServerForConditionalGeneration(GraniteSpeechForConditionalGeneration):
     """vLLM's Granite speech network, fed by the torch-only processor above, each audio
-    encoded as if alone (``server.vllm_plugin.encoder``)."""
+    encoded as if alone (``granite_speech_server.vllm_plugin.encoder``)."""
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         loaded = super().load_weights(weights)

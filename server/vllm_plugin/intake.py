@@ -1,7 +1,7 @@
 """How vLLM's engine core takes in requests when it wakes from idle: it waits a moment
 for the rest of a burst.
 
-The server submits a window's segments together (``server.asr.engine`` releases
+The server submits a window's segments together (``granite_speech_server.asr.engine`` releases
 them in one burst), but they reach the engine core one message at a time, each
 deserialized by its input thread. An idle core wakes on the first and starts a step
 encoding that segment alone; the others, in its queue a fraction of a millisecond

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from server.asr.align import FRAME_SECONDS, NotAlignable, viterbi_path, word_timings
+from granite_speech_server.asr.align import FRAME_SECONDS, NotAlignable, viterbi_path, word_timings
 
 
 def posteriors(frames: list[str], vocab: int = 348, sharpness: float = 8.0) -> np.ndarray:

@@ -6,9 +6,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from server.asr.stitch import join_texts
-from server.asr.transcriber import Transcriber
-from server.config import Settings
+from granite_speech_server.asr.stitch import join_texts
+from granite_speech_server.asr.transcriber import Transcriber
+from granite_speech_server.config import Settings
 
 
 def test_join_uses_spaces_except_for_unspaced_scripts():

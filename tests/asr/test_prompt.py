@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from server.asr import prompt
+from granite_speech_server.asr import prompt
 from tools import tiny_model
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from server.asr.speculative import accepted_prefix, ctc_draft
+from granite_speech_server.asr.speculative import accepted_prefix, ctc_draft
 from tests.asr.test_align import posteriors, spoken
 
 

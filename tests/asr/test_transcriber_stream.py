@@ -10,12 +10,12 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from server.asr.engine import SegmentResult, TokenLogprob
-from server.audio.features import audio_token_count
-from server.audio.segment import PlannedSegment, PlanOptions
-from server.asr.transcriber import Finished, TextDelta, Transcriber, TranscriptionOptions
-from server.config import Settings
-from server.errors import EngineError
+from granite_speech_server.asr.engine import SegmentResult, TokenLogprob
+from granite_speech_server.audio.features import audio_token_count
+from granite_speech_server.audio.segment import PlannedSegment, PlanOptions
+from granite_speech_server.asr.transcriber import Finished, TextDelta, Transcriber, TranscriptionOptions
+from granite_speech_server.config import Settings
+from granite_speech_server.errors import EngineError
 from tools import tiny_model
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

@@ -9,9 +9,9 @@ import pytest
 import soundfile as sf
 import soxr
 
-from server.audio import decode as decode_module
-from server.audio.decode import TARGET_SAMPLE_RATE, DecodedAudio, decode_audio
-from server.errors import AudioDecodeError, AudioTooLong, AudioTooShort, EmptyAudio
+from granite_speech_server.audio import decode as decode_module
+from granite_speech_server.audio.decode import TARGET_SAMPLE_RATE, DecodedAudio, decode_audio
+from granite_speech_server.errors import AudioDecodeError, AudioTooLong, AudioTooShort, EmptyAudio
 from tests.audio_samples import FORMATS, ffmpeg, flac_declaring, video_only_mp4, with_video
 
 DURATION_TOLERANCE_S = 0.030

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from server.audio.features import (
+from granite_speech_server.audio.features import (
     FEATURE_DIM,
     HOP_LENGTH,
     SAMPLE_RATE,

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from server.audio.decode import decode_audio
-from server.audio.progressive import HOLD_BACK, DecodeCancelled, DecodingAudio
-from server.audio.segment import PlanOptions, plan_in_windows
-from server.errors import AudioTooLong
+from granite_speech_server.audio.decode import decode_audio
+from granite_speech_server.audio.progressive import HOLD_BACK, DecodeCancelled, DecodingAudio
+from granite_speech_server.audio.segment import PlanOptions, plan_in_windows
+from granite_speech_server.errors import AudioTooLong
 from tests.audio_samples import flac_declaring
 
 SR = 16000
@@ -152,7 +152,7 @@ def test_the_plan_of_audio_still_decoding_is_the_plan_of_the_whole(long_wav):
 def test_the_rest_is_decoded_at_the_niceness_asked_for(long_wav: Path, monkeypatch):
     import os
 
-    from server.audio import decode
+    from granite_speech_server.audio import decode
 
     seen: list[int] = []
     decode_rest = decode._decode_rest

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import soxr
 
-from server.audio.progressive import DecodingAudio
-from server.audio.segment import PlanOptions, edge_margin, plan_in_windows, plan_segments
-from server.audio.vad import MAX_GAIN, SpeechDetector, VadOptions, level_gains, speech_regions
+from granite_speech_server.audio.progressive import DecodingAudio
+from granite_speech_server.audio.segment import PlanOptions, edge_margin, plan_in_windows, plan_segments
+from granite_speech_server.audio.vad import MAX_GAIN, SpeechDetector, VadOptions, level_gains, speech_regions
 from tests.audio_samples import synthesize_speech
 
 SR = 16000

@@ -7,7 +7,7 @@ import soxr
 from silero_vad import load_silero_vad
 from silero_vad.sequence_vad import frame_blocks
 
-from server.audio.silero import CONTEXT, FRAME, STATE_SHAPE, SileroNetwork
+from granite_speech_server.audio.silero import CONTEXT, FRAME, STATE_SHAPE, SileroNetwork
 
 SR = 16000
 

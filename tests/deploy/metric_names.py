@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import promql_parser
 
-from server.metrics import Metrics
+from granite_speech_server.metrics import Metrics
 
 SUFFIXES = {
     "counter": ("_total", "_created"),
@@ -155,7 +155,7 @@ def problems(expr: str, catalogue: Catalogue, *, prefix: str = "granite_speech_"
 
 
 def registry_catalogue() -> Catalogue:
-    """The series a scrape of a fresh server yields, from server/metrics.py itself, with a
+    """The series a scrape of a fresh server yields, from granite_speech_server/metrics.py itself, with a
     child created for every labelled metric so that each family shows its label names."""
     metrics = Metrics(engine_load=lambda: (1, 2), inflight_requests=lambda: 0,
                       inflight_audio_seconds=lambda: 0)

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from pydantic_settings import CliApp
 
-from server.config import Settings
+from granite_speech_server.config import Settings
 from tests.deploy.conftest import (CHART, DEPLOY, NAMESPACE, RELEASE, ROOT, VALUES_FILES,
                                    Rendered, load_values, render)
 from tests.deploy.crd_schemas import CRD_SCHEMAS

@@ -10,7 +10,7 @@ import numpy as np
 import openai
 import pytest
 
-from server.audio.decode import decode_audio
+from granite_speech_server.audio.decode import decode_audio
 from tests.conftest import live_server
 from tests.e2e.test_transcriptions import MODEL, wav_bytes
 

@@ -11,10 +11,10 @@ import openai
 import pytest
 import soundfile as sf
 
-from server.asr.engine import SegmentRequest
-from server.asr.prompt import render_prompt, transcribe_instruction
-from server.asr.transcriber import Transcriber
-from server.audio.decode import decode_audio
+from granite_speech_server.asr.engine import SegmentRequest
+from granite_speech_server.asr.prompt import render_prompt, transcribe_instruction
+from granite_speech_server.asr.transcriber import Transcriber
+from granite_speech_server.audio.decode import decode_audio
 
 MODEL = "tiny-granite-speech"
 pytestmark = pytest.mark.asyncio(loop_scope="session")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import openai
 import pytest
 
-from server.asr.prompt import TRANSLATION_PAIRS
+from granite_speech_server.asr.prompt import TRANSLATION_PAIRS
 from tests.e2e.test_transcriptions import MODEL
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

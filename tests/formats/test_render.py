@@ -20,7 +20,7 @@ from openai.types.audio import (
     TranslationVerbose,
 )
 
-from server.api.protocol import (
+from granite_speech_server.api.protocol import (
     ErrorDetail,
     StreamError,
     TranscriptionResponse,
@@ -28,9 +28,9 @@ from server.api.protocol import (
     TranscriptTextDone,
     VerboseTranscriptionResponse,
 )
-from server.asr.engine import TokenLogprob
-from server.asr.transcriber import Segment, Transcript, Usage
-from server.formats.render import (
+from granite_speech_server.asr.engine import TokenLogprob
+from granite_speech_server.asr.transcriber import Segment, Transcript, Usage
+from granite_speech_server.formats.render import (
     compression_ratio,
     frames,
     language_name,

@@ -3,7 +3,7 @@
 The same random full-size weights (``tools/full_size_model.py``, bf16 on disk, float32
 here) go into transformers' ``GraniteSpeechCTCEncoder`` + ``GraniteSpeechEncoderProjector``
 (the reference: each clip alone, unpadded) and into vLLM's modules driven by the plugin's
-packed encoder (``server.vllm_plugin.encoder.encode_audios``), for a 7.3 s clip, a 30 s
+packed encoder (``granite_speech_server.vllm_plugin.encoder.encode_audios``), for a 7.3 s clip, a 30 s
 clip, and both in one pack. Compared on each clip's valid frames:
 
 * the encoder's last hidden states;
@@ -54,7 +54,7 @@ import pytest
 import torch
 
 from loadtest.servers import peak_rss_gib
-from server.asr.ctc import checkpoint_weights
+from granite_speech_server.asr.ctc import checkpoint_weights
 
 TOLERANCE = 1e-4
 SAMPLE_RATE = 16000
@@ -117,8 +117,8 @@ def _plugin_side(checkpoint: str, audios: dict[str, np.ndarray]) -> dict:
     )
     from vllm.model_executor.models.utils import AutoWeightsLoader
 
-    import server.vllm_plugin.encoder as plugin
-    from server.audio.features import audio_token_count, log_mel_features
+    import granite_speech_server.vllm_plugin.encoder as plugin
+    from granite_speech_server.audio.features import audio_token_count, log_mel_features
 
     root = Path(checkpoint)
     config = AutoConfig.from_pretrained(root)
@@ -206,7 +206,7 @@ def _reference_side(checkpoint: Path, audios: dict[str, np.ndarray]) -> dict:
         GraniteSpeechEncoderProjector,
     )
 
-    from server.audio.features import log_mel_features
+    from granite_speech_server.audio.features import log_mel_features
 
     config = GraniteSpeechConfig.from_pretrained(checkpoint)
     encoder = GraniteSpeechCTCEncoder(config.encoder_config).eval()
@@ -257,7 +257,7 @@ def encoded(full_size_model: Path, audios: dict[str, np.ndarray]) -> dict:
         plugin = pool.apply(_plugin_side, (str(full_size_model), audios))
     reference = _reference_side(full_size_model, audios)
 
-    from server.asr.ctc import CtcHead
+    from granite_speech_server.asr.ctc import CtcHead
 
     head = CtcHead.load(str(full_size_model), dtype=torch.float32, device="cpu")
     assert {p.dtype for p in head.encoder.parameters()} == {torch.float32}
@@ -282,7 +282,7 @@ def test_full_size_checkpoint_has_the_real_encoder_shape(full_size_model):
 
 @pytest.mark.parametrize("run", list(RUNS))
 def test_plugin_matches_transformers(encoded, audios, run):
-    from server.audio.features import audio_token_count
+    from granite_speech_server.audio.features import audio_token_count
 
     diffs = {}
     for name, ours in encoded["plugin"][run].items():

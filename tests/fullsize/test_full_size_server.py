@@ -2,7 +2,7 @@
 
 The 3 M-parameter test model can't show what only size shows: a start-up profile that
 kept 29 GiB of autograd state and never became ready, or a 500 s dummy clip that took
-six minutes to encode. Here ``python -m server`` runs on a random-weight checkpoint of
+six minutes to encode. Here ``python -m granite_speech_server`` runs on a random-weight checkpoint of
 granite-4.0-1b-speech's exact shape (``tools/full_size_model.py``) with the default
 settings (no ``--enforce-eager``) except a small output budget: random weights never say
 end-of-text, so every segment runs to its budget, and a token of a 2.3 B model takes a
@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 
 from loadtest.servers import peak_rss_gib, server_processes
-from server.audio.decode import decode_audio
-from server.audio.features import SAMPLE_RATE
+from granite_speech_server.audio.decode import decode_audio
+from granite_speech_server.audio.features import SAMPLE_RATE
 from tests import audio_samples
 from tests.ops.conftest import scrape, server_process, value, wav_bytes
 

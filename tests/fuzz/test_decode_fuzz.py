@@ -18,8 +18,8 @@ import soundfile as sf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from server.audio.decode import decode_audio
-from server.errors import InvalidRequest
+from granite_speech_server.audio.decode import decode_audio
+from granite_speech_server.errors import InvalidRequest
 from tests import audio_samples
 
 MAX_SECONDS = 30.0

@@ -21,7 +21,7 @@ import pytest
 import soundfile as sf
 from prometheus_client.parser import text_string_to_metric_families
 
-from server.audio.decode import decode_audio
+from granite_speech_server.audio.decode import decode_audio
 from tests import audio_samples
 from tests.conftest import ROOT, _free_port
 
@@ -125,12 +125,12 @@ class ServerProcess:
 @contextlib.contextmanager
 def server_process(model_dir: Path, log_dir: Path, *args: str,
                    ready_timeout_s: float = 420) -> Iterator[ServerProcess]:
-    """``python -m server`` on a free port, in its own process group; yields once /ready
+    """``python -m granite_speech_server`` on a free port, in its own process group; yields once /ready
     says 200. On the way out, whatever is left of the group (the server, its engine
     core and workers) is killed."""
     port = _free_port()
     log_path = log_dir / f"server-{port}.log"
-    cmd = [sys.executable, "-m", "server", "--model", str(model_dir), "--host", "127.0.0.1",
+    cmd = [sys.executable, "-m", "granite_speech_server", "--model", str(model_dir), "--host", "127.0.0.1",
            "--port", str(port), "--served-model-name", MODEL, "--log-format", "json", *args]
     with log_path.open("wb") as log_file:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT,

@@ -9,7 +9,7 @@ import logging
 import httpx
 import pytest
 
-from server.logs import ACCESS_LOGGER, JsonFormatter, TextFormatter
+from granite_speech_server.logs import ACCESS_LOGGER, JsonFormatter, TextFormatter
 from tests.conftest import live_server
 from tests.ops.conftest import MODEL
 

@@ -9,7 +9,7 @@ import weakref
 
 import pytest
 
-from server.memory import freeze_startup_heap, libc_malloc_trim, trim_heap_periodically
+from granite_speech_server.memory import freeze_startup_heap, libc_malloc_trim, trim_heap_periodically
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

@@ -9,8 +9,8 @@ import threading
 
 import pytest
 
-from server.asr.transcriber import planned_ahead
-from server.priority import start_thread
+from granite_speech_server.asr.transcriber import planned_ahead
+from granite_speech_server.priority import start_thread
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="per-thread niceness is Linux's")
 

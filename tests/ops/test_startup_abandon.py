@@ -14,9 +14,9 @@ import time
 import pytest
 import uvicorn
 
-from server import lifecycle
-from server.config import Settings
-from server.state import AppState
+from granite_speech_server import lifecycle
+from granite_speech_server.config import Settings
+from granite_speech_server.state import AppState
 
 
 def _sleep_long() -> None:

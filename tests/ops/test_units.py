@@ -11,14 +11,14 @@ import pytest
 from pydantic import ValidationError
 from pydantic_settings import CliApp
 
-from server.admission import Admission
-from server.api.auth import ApiKeys
-from server.api.context import incoming_request_id
-from server.api.deadline import Deadline, iterate_within, within
-from server.config import Settings
-from server.errors import RequestTimeout, TooManyRequests, TooMuchAudioInFlight, Unauthorized
-from server.logs import JsonFormatter, RequestIdFilter, TextFormatter, request_id_var
-from server.metrics import Metrics
+from granite_speech_server.admission import Admission
+from granite_speech_server.api.auth import ApiKeys
+from granite_speech_server.api.context import incoming_request_id
+from granite_speech_server.api.deadline import Deadline, iterate_within, within
+from granite_speech_server.config import Settings
+from granite_speech_server.errors import RequestTimeout, TooManyRequests, TooMuchAudioInFlight, Unauthorized
+from granite_speech_server.logs import JsonFormatter, RequestIdFilter, TextFormatter, request_id_var
+from granite_speech_server.metrics import Metrics
 from starlette.datastructures import Headers
 
 # --- admission ---------------------------------------------------------------------
@@ -277,7 +277,7 @@ async def test_an_unhandled_error_is_a_500_envelope_with_the_request_id(caplog):
     """In the real middleware stack (no lifespan, no engine: just a route that fails)."""
     import httpx
 
-    from server.app import create_app
+    from granite_speech_server.app import create_app
 
     async def broken():
         raise RuntimeError("bug")
@@ -305,7 +305,7 @@ async def test_an_engine_dead_before_the_watcher_looks_is_engine_unavailable_eve
     "not_ready" (as a refused upload said in a CI run)."""
     import httpx
 
-    from server.app import create_app
+    from granite_speech_server.app import create_app
 
     class DeadEngine:
         alive = False
