@@ -23,8 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from granite_speech_server.asr.ctc import CtcHead
-from granite_speech_server.asr.engine import SpeechEngine
-from granite_speech_server.asr.transcriber import Transcriber, TranscriptionOptions
+from granite_speech_server.asr.vllm_engine import VllmEngine
+from granite_speech_server.asr.transcriber import Transcriber
+from granite_speech_server.asr.transcript import TranscriptionOptions
 from granite_speech_server.config import Settings
 from tools.speech_corpus import SAMPLE_RATE, small_heldout_set, word_error_rate
 
@@ -66,7 +67,7 @@ def dithered(clips, seed: int) -> list:
 
 async def main_async(args) -> dict:
     settings = Settings(model=args.model)
-    engine = await asyncio.to_thread(SpeechEngine.start, settings)
+    engine = await asyncio.to_thread(VllmEngine.start, settings)
     ctc = await asyncio.to_thread(CtcHead.load, args.model)
     clips = [c for c in small_heldout_set(n_speech=args.clips, n_empty=0, seed=args.seed)]
     try:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 
-from granite_speech_server.asr.engine import engine_dtype
+from granite_speech_server.asr.vllm_engine import engine_dtype
 from granite_speech_server.vllm_plugin import ARCHITECTURE
 
 

@@ -13,7 +13,7 @@ import uvicorn
 from pydantic_settings import CliApp
 
 from granite_speech_server.app import create_app
-from granite_speech_server.asr.engine import ModelUnavailable, check_granite_speech
+from granite_speech_server.asr.checkpoint import ModelUnavailable, check_granite_speech
 from granite_speech_server.config import Settings
 from granite_speech_server.lifecycle import GracefulServer
 from granite_speech_server.logs import configure_logging

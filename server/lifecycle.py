@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 
 import uvicorn
 
-from granite_speech_server.asr.engine import SpeechEngine
+from granite_speech_server.asr.vllm_engine import VllmEngine
 
 if TYPE_CHECKING:
     from granite_speech_server.state import AppState
@@ -69,7 +69,7 @@ class EngineStart:
             self._children_before = {child.pid for child in multiprocessing.active_children()}
             self._phase = "running"
         try:
-            state.engine = SpeechEngine.start(state.settings)
+            state.engine = VllmEngine.start(state.settings)
         finally:
             with self._lock:
                 self._phase = "done"

@@ -22,7 +22,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from granite_speech_server.asr.transcriber import Transcript
+    from granite_speech_server.asr.transcript import Transcript
 
 PREFIX = "granite_speech"
 NO_FORMAT = "none"

@@ -16,6 +16,7 @@ import uvicorn
 
 from granite_speech_server.app import create_app
 from granite_speech_server.asr.engine import SpeechEngine
+from granite_speech_server.asr.vllm_engine import VllmEngine
 from granite_speech_server.config import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,7 +45,7 @@ def settings(model_dir: Path) -> Settings:
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def engine(settings: Settings) -> AsyncIterator[SpeechEngine]:
-    speech_engine = await asyncio.to_thread(SpeechEngine.start, settings)
+    speech_engine = await asyncio.to_thread(VllmEngine.start, settings)
     yield speech_engine
     speech_engine.shutdown()
 

@@ -99,7 +99,7 @@ def test_bad_limits_are_refused_without_echoing_keys():
 def test_vllm_caches_no_processed_audio_unless_asked():
     """vLLM keeps 4 GiB of processed inputs per process by default; uploads rarely repeat,
     so the cache would only grow the server's memory (seen in a soak: +23% in 4 minutes)."""
-    from granite_speech_server.asr.engine import engine_args
+    from granite_speech_server.asr.vllm_engine import engine_args
 
     assert engine_args(Settings(model="m")).mm_processor_cache_gb == 0
     assert engine_args(Settings(model="m", mm_processor_cache_gib=1)).mm_processor_cache_gb == 1
@@ -109,7 +109,7 @@ def test_the_engine_spin_and_gather_reach_the_engine_processes(monkeypatch):
     """``--engine-spin-ms`` and ``--engine-gather-ms`` go to vLLM's processes through the
     environment, where the plugin reads them (``shm_wait``, ``intake``); unset, the
     plugin picks the host's defaults."""
-    from granite_speech_server.asr.engine import _configure_engine_environment
+    from granite_speech_server.asr.vllm_engine import _configure_engine_environment
     from granite_speech_server.vllm_plugin import intake, shm_wait
 
     monkeypatch.delenv(shm_wait.SPIN_MS_ENV, raising=False)
@@ -136,7 +136,7 @@ def test_auto_dtype_is_float32_on_a_cpu_without_bfloat16(monkeypatch, machine, g
 
     import torch
 
-    from granite_speech_server.asr.engine import engine_args
+    from granite_speech_server.asr.vllm_engine import engine_args
 
     monkeypatch.setattr(platform, "machine", lambda: machine)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
@@ -148,14 +148,14 @@ def test_auto_dtype_is_float32_on_a_cpu_without_bfloat16(monkeypatch, machine, g
 
 def test_vllms_endpoint_in_the_benchmarks_runs_the_dtype_ours_picks():
     from loadtest.servers import vllm_command
-    from granite_speech_server.asr.engine import engine_dtype
+    from granite_speech_server.asr.vllm_engine import engine_dtype
 
     command = vllm_command("m", 8001, [])
     assert command[command.index("--dtype") + 1] == engine_dtype("auto")
 
 
 def test_vllm_profiles_with_the_longest_segment_the_server_sends():
-    from granite_speech_server.asr.engine import engine_args
+    from granite_speech_server.asr.vllm_engine import engine_args
 
     def profiled(**settings) -> dict:
         return engine_args(Settings(model="m", **settings)).limit_mm_per_prompt["audio"]

@@ -33,13 +33,8 @@ from granite_speech_server.api.deadline import iterate_within, within
 from granite_speech_server.api.deps import StateDep, TranscriberDep
 from granite_speech_server.api.gate import TICKET_KEY
 from granite_speech_server.api.protocol import ErrorResponse, TranscriptionResponse, VerboseTranscriptionResponse
-from granite_speech_server.asr.transcriber import (
-    Finished,
-    TextDelta,
-    Transcriber,
-    TranscriptEvent,
-    TranscriptionOptions,
-)
+from granite_speech_server.asr.transcriber import Transcriber
+from granite_speech_server.asr.transcript import Finished, TextDelta, TranscriptEvent, TranscriptionOptions
 from granite_speech_server.audio.decode import HEAD_S, DecodedAudio, decode_audio
 from granite_speech_server.audio.probe import probe_format
 from granite_speech_server.errors import InvalidRequest, ServerError, TooMuchAudioInFlight, UploadTooLarge

@@ -8,19 +8,12 @@ spans from its first character's first frame to its last character's last frame.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
+
+from granite_speech_server.asr.transcript import WordTiming
 
 FRAME_SECONDS = 0.02
 BLANK = 0
-
-
-@dataclass(frozen=True)
-class WordTiming:
-    word: str
-    start: float
-    end: float
 
 
 class NotAlignable(ValueError):

@@ -13,110 +13,33 @@ import dataclasses
 import math
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass
 
 import numpy as np
 
 from granite_speech_server.asr import prompt as prompts
-from granite_speech_server.asr.align import NotAlignable, WordTiming, word_timings
+from granite_speech_server.asr.align import NotAlignable, word_timings
 from granite_speech_server.asr.ctc import CtcHead
-from granite_speech_server.asr.engine import SegmentRequest, SegmentResult, SpeechEngine, TokenLogprob
+from granite_speech_server.asr.engine import SegmentRequest, SegmentResult, SpeechEngine
 from granite_speech_server.asr.speculative import accepted_prefix, ctc_draft
 from granite_speech_server.asr.stitch import UNSPACED_LANGUAGES, join_texts
+from granite_speech_server.asr.transcript import (
+    Finished,
+    Segment,
+    TextDelta,
+    TokenLogprob,
+    Transcript,
+    TranscriptEvent,
+    TranscriptionOptions,
+    Usage,
+    WordTiming,
+)
 from granite_speech_server.audio.features import SAMPLE_RATE, audio_token_count
 from granite_speech_server.audio.progressive import DecodeCancelled, DecodingAudio
 from granite_speech_server.audio.segment import PlannedSegment, Planner, PlanOptions, plan_in_windows
 from granite_speech_server.audio.vad import VadOptions
 from granite_speech_server.config import Settings
 from granite_speech_server.priority import start_thread
-
-Task = Literal["transcribe", "translate"]
-
-
-@dataclass(frozen=True)
-class TranscriptionOptions:
-    task: Task = "transcribe"
-    language: str | None = None
-    """Language spoken in the audio, when the client knows it."""
-    to_language: str | None = None
-    """Target language of a translation."""
-    keywords: tuple[str, ...] = ()
-    temperature: float = 0.0
-    vad: VadOptions | None = None
-    """The client's own speech-detection settings (chunking_strategy=server_vad)."""
-    padding_ms: int | None = None
-    """The client's prefix_padding_ms (chunking_strategy=server_vad)."""
-    word_timestamps: bool = False
-    """Align the transcript's words to the audio with the encoder's CTC head."""
-
-    @property
-    def output_language(self) -> str | None:
-        return self.to_language if self.task == "translate" else self.language
-
-    def instruction(self) -> str:
-        if self.task == "translate":
-            return prompts.translate_instruction(self.to_language or "en", self.keywords)
-        return prompts.transcribe_instruction(self.keywords)
-
-
-@dataclass(frozen=True)
-class Segment:
-    start: float
-    end: float
-    text: str
-    token_ids: list[int]
-    logprobs: list[TokenLogprob]
-    temperature: float
-    prompt_tokens: int = 0
-    """Tokens of the segment's prompt as the engine counted them (audio and text)."""
-
-    @property
-    def avg_logprob(self) -> float:
-        return float(np.mean([lp.logprob for lp in self.logprobs])) if self.logprobs else 0.0
-
-
-@dataclass(frozen=True)
-class Usage:
-    audio_tokens: int
-    text_tokens: int
-    output_tokens: int
-    seconds: float
-    drafted_tokens: int = 0
-    """Output tokens taken from verified CTC drafts instead of decoded one by one."""
-
-    @property
-    def input_tokens(self) -> int:
-        return self.audio_tokens + self.text_tokens
-
-
-@dataclass(frozen=True)
-class Transcript:
-    task: Task
-    text: str
-    language: str | None
-    duration: float
-    segments: list[Segment]
-    usage: Usage
-    words: list[WordTiming] | None = None
-
-    @property
-    def logprobs(self) -> list[TokenLogprob]:
-        return [lp for segment in self.segments for lp in segment.logprobs]
-
-
-@dataclass(frozen=True)
-class TextDelta:
-    text: str
-    logprobs: list[TokenLogprob] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class Finished:
-    transcript: Transcript
-
-
-TranscriptEvent = TextDelta | Finished
 
 
 @dataclass

@@ -17,9 +17,8 @@ from granite_speech_server.api.protocol import (
     TranscriptionWord,
     VerboseTranscriptionResponse,
 )
-from granite_speech_server.asr.engine import TokenLogprob
+from granite_speech_server.asr.transcript import Segment, TokenLogprob, Transcript, Usage
 from granite_speech_server.asr.prompt import LANGUAGE_NAMES
-from granite_speech_server.asr.transcriber import Segment, Transcript, Usage
 from granite_speech_server.formats.subtitles import to_srt, to_vtt
 
 DEFAULT_GRANULARITIES = frozenset({"segment"})

@@ -18,7 +18,7 @@ from granite_speech_server.api.protocol import (
     TranscriptTextDelta,
     TranscriptTextDone,
 )
-from granite_speech_server.asr.transcriber import Finished, TextDelta, TranscriptEvent
+from granite_speech_server.asr.transcript import Finished, TextDelta, TranscriptEvent
 from granite_speech_server.errors import ServerError
 from granite_speech_server.formats.render import logprobs_out, token_usage
 

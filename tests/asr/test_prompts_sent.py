@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from granite_speech_server.asr.transcriber import TranscriptionOptions
+from granite_speech_server.asr.transcript import TranscriptionOptions
 from tests.asr.test_transcriber_stream import ScriptedEngine, transcriber
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -40,7 +40,7 @@ async def test_prompt_text_for_each_task_and_option(options, instruction):
 async def test_a_files_nth_segment_is_sent_with_priority_n(stream):
     """The engine serves lower priorities first: each file's first segments go ahead of
     the later segments of files already queued (the engine is built to honour it)."""
-    from granite_speech_server.asr.engine import engine_args
+    from granite_speech_server.asr.vllm_engine import engine_args
     from granite_speech_server.config import Settings
 
     assert engine_args(Settings(model="m")).scheduling_policy == "priority"

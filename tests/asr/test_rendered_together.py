@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from granite_speech_server.asr.engine import RenderedTogether
+from granite_speech_server.asr.vllm_engine import RenderedTogether
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

@@ -10,10 +10,11 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from granite_speech_server.asr.engine import SegmentResult, TokenLogprob
+from granite_speech_server.asr.engine import SegmentResult
+from granite_speech_server.asr.transcript import Finished, TextDelta, TokenLogprob, TranscriptionOptions
 from granite_speech_server.audio.features import audio_token_count
 from granite_speech_server.audio.segment import PlannedSegment, PlanOptions
-from granite_speech_server.asr.transcriber import Finished, TextDelta, Transcriber, TranscriptionOptions
+from granite_speech_server.asr.transcriber import Transcriber
 from granite_speech_server.config import Settings
 from granite_speech_server.errors import EngineError
 from tools import tiny_model

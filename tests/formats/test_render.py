@@ -28,8 +28,7 @@ from granite_speech_server.api.protocol import (
     TranscriptTextDone,
     VerboseTranscriptionResponse,
 )
-from granite_speech_server.asr.engine import TokenLogprob
-from granite_speech_server.asr.transcriber import Segment, Transcript, Usage
+from granite_speech_server.asr.transcript import Segment, TokenLogprob, Transcript, Usage
 from granite_speech_server.formats.render import (
     compression_ratio,
     frames,

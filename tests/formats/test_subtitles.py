@@ -8,7 +8,7 @@ import pytest
 import srt
 import webvtt
 
-from granite_speech_server.asr.transcriber import Segment
+from granite_speech_server.asr.transcript import Segment
 from granite_speech_server.formats.subtitles import (
     MAX_LINE_CHARS,
     MAX_LINES,
@@ -181,7 +181,7 @@ def test_pieces_with_their_own_times_set_cue_times():
 
 
 def test_aligned_words_break_cues_inside_the_segment_edges():
-    from granite_speech_server.asr.align import WordTiming
+    from granite_speech_server.asr.transcript import WordTiming
 
     # The alignment starts the first word late and ends the last one early, as CTC does.
     segment = seg(10.0, 26.0, " ".join(["seventeen twenty-three"] * 8))

@@ -52,7 +52,7 @@ async def test_abandon_kills_the_engine_start_and_its_thread_returns(monkeypatch
     bystander.start()
     children: list = []
     finished = threading.Event()
-    monkeypatch.setattr(lifecycle.SpeechEngine, "start",
+    monkeypatch.setattr(lifecycle.VllmEngine, "start",
                         start_waiting_on_a_child(children, finished))
     state = AppState(settings=Settings(model="unused"))
     bring_up = asyncio.create_task(asyncio.to_thread(state.engine_start.run, state))
@@ -70,7 +70,7 @@ async def test_abandon_kills_the_engine_start_and_its_thread_returns(monkeypatch
 
 async def test_abandon_before_the_thread_ran_keeps_the_engine_from_starting(monkeypatch):
     started = []
-    monkeypatch.setattr(lifecycle.SpeechEngine, "start", lambda settings: started.append(1))
+    monkeypatch.setattr(lifecycle.VllmEngine, "start", lambda settings: started.append(1))
     state = AppState(settings=Settings(model="unused"))
     await state.engine_start.abandon()
     with pytest.raises(lifecycle.StartAbandoned):
@@ -79,7 +79,7 @@ async def test_abandon_before_the_thread_ran_keeps_the_engine_from_starting(monk
 
 
 async def test_abandon_after_the_start_finished_leaves_the_engine_to_shut_down(monkeypatch):
-    monkeypatch.setattr(lifecycle.SpeechEngine, "start", lambda settings: _Started())
+    monkeypatch.setattr(lifecycle.VllmEngine, "start", lambda settings: _Started())
     state = AppState(settings=Settings(model="unused"))
     await asyncio.to_thread(state.engine_start.run, state)
     await state.engine_start.abandon()
