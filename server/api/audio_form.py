@@ -70,8 +70,11 @@ class Output:
 
 
 class AudioForm(BaseModel):
-    """What both endpoints' forms share: the fields they don't know, and empty fields."""
+    """What both endpoints' forms share: the fields they don't know, and empty fields.
+    (Each form declares its own fields, ``chunking_strategy`` among them, in its order.)"""
 
+    # FastAPI hands a form model every part of the form: those it has no field for
+    # land in ``model_extra``.
     model_config = ConfigDict(extra="allow")
 
     @model_validator(mode="before")
