@@ -19,13 +19,13 @@ from granite_speech_server import lifecycle, memory
 from granite_speech_server.api import audio, health, models
 from granite_speech_server.api.auth import OPEN_PATHS, ApiKeys, AuthMiddleware
 from granite_speech_server.api.context import RequestContextMiddleware
-from granite_speech_server.api.envelope import error_body, error_response
+from granite_speech_server.api.envelope import error_response
 from granite_speech_server.api.gate import GateMiddleware
 from granite_speech_server.api.upload_limit import UploadLimitMiddleware
 from granite_speech_server.asr.ctc import CtcHead
 from granite_speech_server.asr.engine import SpeechEngine
 from granite_speech_server.config import Settings
-from granite_speech_server.errors import ServerError
+from granite_speech_server.errors import HttpError, InvalidRequest, ServerError
 from granite_speech_server.state import AppState
 
 log = logging.getLogger(__name__)
@@ -132,6 +132,9 @@ async def _bring_up(state: AppState, *, own_engine: bool) -> None:
 
 
 def _install_error_handlers(app: FastAPI) -> None:
+    """Every error the framework or the app raises leaves in OpenAI's envelope
+    (``granite_speech_server.errors.error_body``)."""
+
     @app.exception_handler(ServerError)
     async def server_error(request: Request, exc: ServerError) -> JSONResponse:
         return error_response(exc)
@@ -143,13 +146,10 @@ def _install_error_handlers(app: FastAPI) -> None:
         loc = [str(part) for part in first.get("loc", ()) if part not in ("body", "query")]
         param = ".".join(loc) or None
         message = f"{param}: {first.get('msg')}" if param else str(first.get("msg", exc))
-        return JSONResponse(error_body(message, "invalid_request_error", param,
-                                       "invalid_value"), status_code=400)
+        return error_response(InvalidRequest(message, param=param, code="invalid_value"))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        error_type = "invalid_request_error" if exc.status_code < 500 else "server_error"
-        return JSONResponse(error_body(str(exc.detail), error_type),
-                            status_code=exc.status_code, headers=exc.headers)
+        return error_response(HttpError(exc.status_code, str(exc.detail), headers=exc.headers))
     # Unhandled exceptions: RequestContextMiddleware logs them (with the request id)
     # and answers 500 in the envelope.

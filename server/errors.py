@@ -1,12 +1,17 @@
-"""Domain errors, each carrying what OpenAI's error envelope needs.
+"""Domain errors, each carrying what OpenAI's error envelope needs, and the one mapping
+of any exception to that envelope.
 
-Domain code raises these; one exception handler in ``granite_speech_server.app`` turns any
-``ServerError`` into ``{"error": {"message", "type", "param", "code"}}`` with
-the error's status. Subclasses only set defaults, so raising one reads like
-the problem it names.
+Domain code raises these. ``error_body`` turns any exception into
+``{"error": {"message", "type", "param", "code"}}``: the HTTP error responses
+(``granite_speech_server.api.envelope``) and the error event of a stream that already
+began (``granite_speech_server.formats.sse``) both send what it returns, so a failure
+reads the same wherever it surfaces. Subclasses only set defaults, so raising one
+reads like the problem it names.
 """
 
 from __future__ import annotations
+
+INTERNAL_ERROR_MESSAGE = "Internal server error."
 
 
 class ServerError(Exception):
@@ -133,3 +138,27 @@ class RequestTimeout(ServerError):
     status_code = 504
     error_type = "server_error"
     code = "request_timeout"
+
+
+class HttpError(ServerError):
+    """Starlette's own refusals (404 for an unknown path, 405 for a wrong method), in
+    the envelope like every other error."""
+
+    def __init__(self, status_code: int, message: str, *,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message, headers=headers)
+        self.status_code = status_code
+        self.error_type = "invalid_request_error" if status_code < 500 else "server_error"
+
+
+def as_server_error(exc: BaseException) -> ServerError:
+    """The error as a client sees it: a ``ServerError`` as raised; anything else is a bug,
+    answered as a bare 500 that tells nothing of the internals (the log has them)."""
+    return exc if isinstance(exc, ServerError) else ServerError(INTERNAL_ERROR_MESSAGE)
+
+
+def error_body(exc: BaseException) -> dict[str, dict[str, str | None]]:
+    """OpenAI's error envelope for any exception."""
+    error = as_server_error(exc)
+    return {"error": {"message": error.message, "type": error.error_type,
+                      "param": error.param, "code": error.code}}

@@ -12,34 +12,24 @@ from fastapi.responses import Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from granite_speech_server.api.audio_form import (
-    ChunkingField,
-    FileField,
-    KeywordsField,
-    ModelField,
-    PromptField,
-    ResponseFormatField,
-    StreamField,
-    TemperatureField,
+    Output,
+    TranscriptionForm,
+    TranslationForm,
     check_model,
-    check_streamable,
-    check_transcription_language,
-    check_translation_pair,
-    parse_chunking_strategy,
-    collect_keywords,
-    log_unknown_fields,
+    ignore_unknown_fields,
 )
 from granite_speech_server.api.context import RequestContext, request_context
 from granite_speech_server.api.deadline import iterate_within, within
 from granite_speech_server.api.deps import StateDep, TranscriberDep
 from granite_speech_server.api.gate import TICKET_KEY
-from granite_speech_server.api.protocol import ErrorResponse, TranscriptionResponse, VerboseTranscriptionResponse
 from granite_speech_server.asr.transcriber import Transcriber
 from granite_speech_server.asr.transcript import Finished, TextDelta, TranscriptEvent, TranscriptionOptions
 from granite_speech_server.audio.decode import HEAD_S, DecodedAudio, decode_audio
 from granite_speech_server.audio.probe import probe_format
-from granite_speech_server.errors import InvalidRequest, ServerError, TooMuchAudioInFlight, UploadTooLarge
+from granite_speech_server.errors import ServerError, TooMuchAudioInFlight, UploadTooLarge
+from granite_speech_server.formats.openai import ErrorResponse, TranscriptionResponse, VerboseTranscriptionResponse
 from granite_speech_server.formats.render import render
-from granite_speech_server.formats.sse import sse_stream
+from granite_speech_server.formats.sse import event_stream
 from granite_speech_server.metrics import Metrics
 from granite_speech_server.state import AppState
 
@@ -67,128 +57,36 @@ RESPONSES = {
     }.items()},
 }
 
-TRANSCRIPTION_FIELDS = {"file", "model", "language", "prompt", "response_format", "temperature",
-                        "timestamp_granularities[]", "include[]", "stream", "keywords",
-                        "chunking_strategy"}
-TRANSLATION_FIELDS = {"file", "model", "language", "to_language", "prompt", "response_format",
-                      "temperature", "stream", "keywords", "chunking_strategy"}
+# One model per form; multipart, as the file makes it (FastAPI would document a form model
+# as url-encoded).
+TranscriptionFormDep = Annotated[TranscriptionForm, Form(media_type="multipart/form-data")]
+TranslationFormDep = Annotated[TranslationForm, Form(media_type="multipart/form-data")]
 
 
 @router.post("/v1/audio/transcriptions", responses=RESPONSES, response_model=None,
              summary="Transcribe audio into the input language")
-async def create_transcription(
-    request: Request,
-    state: StateDep,
-    transcriber: TranscriberDep,
-    file: FileField,
-    model: ModelField,
-    language: Annotated[str | None, Form(description="ISO-639-1 code of the spoken language "
-                                         "(en, fr, de, es, pt, ja).", examples=["en"])] = None,
-    prompt: PromptField = None,
-    response_format: ResponseFormatField = "json",
-    temperature: TemperatureField = 0.0,
-    timestamp_granularities: Annotated[list[str] | None, Form(
-        alias="timestamp_granularities[]",
-        description="`segment` (speech segments of the plan) and/or `word` (CTC forced "
-        "alignment of the transcript; not for Japanese); needs verbose_json.")] = None,
-    include: Annotated[list[str] | None, Form(
-        alias="include[]", description="`logprobs`: token log probabilities (json, or "
-        "streamed).")] = None,
-    stream: StreamField = False,
-    keywords: KeywordsField = None,
-    chunking_strategy: ChunkingField = None,
-) -> Response:
-    await log_unknown_fields(request, TRANSCRIPTION_FIELDS)
-    check_model(state, model)
-    check_transcription_language(language)
-    check_streamable(stream, response_format)
-    granularities = check_granularities(timestamp_granularities, response_format)
-    words = word_timing_wanted(state, granularities, response_format, language)
-    include_logprobs = check_include(include, response_format)
-    vad, padding_ms = await parse_chunking_strategy(request)
-    options = TranscriptionOptions(task="transcribe", language=language,
-                                   keywords=collect_keywords(prompt, keywords),
-                                   temperature=temperature, vad=vad, padding_ms=padding_ms,
-                                   word_timestamps=words)
-    return await respond(request, state, transcriber, file, options, response_format,
-                         stream=stream, include_logprobs=include_logprobs,
-                         granularities=granularities)
+async def create_transcription(request: Request, state: StateDep, transcriber: TranscriberDep,
+                               form: TranscriptionFormDep) -> Response:
+    ignore_unknown_fields(request.url.path, form)
+    check_model(state.settings.model_names, form.model)
+    options, output = form.options(word_alignment=state.ctc is not None)
+    return await respond(request, state, transcriber, form.file, options, output)
 
 
 @router.post("/v1/audio/translations", responses=RESPONSES, response_model=None,
              summary="Translate speech into English (or, as an extension, out of English)")
-async def create_translation(
-    request: Request,
-    state: StateDep,
-    transcriber: TranscriberDep,
-    file: FileField,
-    model: ModelField,
-    prompt: PromptField = None,
-    response_format: ResponseFormatField = "json",
-    temperature: TemperatureField = 0.0,
-    language: Annotated[str | None, Form(description="Extension: ISO-639-1 code of the "
-                                         "spoken language, if known.", examples=["fr"])] = None,
-    to_language: Annotated[str, Form(description="Extension: target language. `en` (the "
-                                     "default, as OpenAI) from fr/de/es/pt/ja; from English "
-                                     "into fr, de, es, pt, ja, it or zh.",
-                                     examples=["en", "fr"])] = "en",
-    stream: StreamField = False,
-    keywords: KeywordsField = None,
-    chunking_strategy: ChunkingField = None,
-) -> Response:
-    await log_unknown_fields(request, TRANSLATION_FIELDS)
-    check_model(state, model)
-    check_translation_pair(language, to_language)
-    check_streamable(stream, response_format)
-    vad, padding_ms = await parse_chunking_strategy(request)
-    options = TranscriptionOptions(task="translate", language=language, to_language=to_language,
-                                   keywords=collect_keywords(prompt, keywords),
-                                   temperature=temperature, vad=vad, padding_ms=padding_ms)
-    return await respond(request, state, transcriber, file, options, response_format,
-                         stream=stream, include_logprobs=False,
-                         granularities=frozenset({"segment"}))
-
-
-def check_granularities(values: list[str] | None, response_format: str) -> frozenset[str]:
-    granularities = frozenset(values or ["segment"])
-    if unknown := granularities - {"segment", "word"}:
-        raise InvalidRequest(f"Unknown timestamp granularity: {', '.join(sorted(unknown))}; "
-                             "use segment or word.", param="timestamp_granularities")
-    if values and response_format != "verbose_json":
-        raise InvalidRequest("timestamp_granularities needs response_format=verbose_json.",
-                             param="timestamp_granularities")
-    return granularities
-
-
-def word_timing_wanted(state: AppState, granularities: frozenset[str], response_format: str,
-                       language: str | None) -> bool:
-    """Word times when asked for, and for subtitles whenever they can be had (cues then
-    split on real word boundaries). Japanese has no word boundaries to align yet."""
-    alignable = state.ctc is not None and language != "ja"
-    if "word" in granularities and not alignable:
-        reason = ("Japanese" if language == "ja" else
-                  "this server (started without --word-timestamps)")
-        raise InvalidRequest(f"Word timestamps are not available for {reason}; use segment.",
-                             param="timestamp_granularities")
-    return "word" in granularities or (alignable and response_format in ("srt", "vtt"))
-
-
-def check_include(values: list[str] | None, response_format: str) -> bool:
-    if not values:
-        return False
-    if unknown := set(values) - {"logprobs"}:
-        raise InvalidRequest(f"Unknown include value: {', '.join(sorted(unknown))}.",
-                             param="include")
-    if response_format != "json":
-        raise InvalidRequest("include[]=logprobs needs response_format=json.", param="include")
-    return True
+async def create_translation(request: Request, state: StateDep, transcriber: TranscriberDep,
+                             form: TranslationFormDep) -> Response:
+    ignore_unknown_fields(request.url.path, form)
+    check_model(state.settings.model_names, form.model)
+    options, output = form.options()
+    return await respond(request, state, transcriber, form.file, options, output)
 
 
 async def respond(request: Request, state: AppState, transcriber: Transcriber, file: UploadFile,
-                  options: TranscriptionOptions, response_format: str, *, stream: bool,
-                  include_logprobs: bool, granularities: frozenset[str]) -> Response:
+                  options: TranscriptionOptions, output: Output) -> Response:
     context = request_context(request)
-    context.response_format = "sse" if stream else response_format
+    context.response_format = "sse" if output.stream else output.response_format
     received = asyncio.get_running_loop().time()  # the upload is in: processing starts
     decoded = await within(context.deadline, decode_upload(state, file, context))
     try:
@@ -196,20 +94,22 @@ async def respond(request: Request, state: AppState, transcriber: Transcriber, f
     except TooMuchAudioInFlight:
         decoded.audio.close()
         raise
-    if stream:
+    if output.stream:
         events = transcriber.stream(decoded.audio, options)
         events = observed(iterate_within(context.deadline, events), state.metrics,
                           context.endpoint, received, decoded)
-        return StreamingResponse(sse_stream(events, include_logprobs=include_logprobs),
-                                 media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache"})
+        stream = event_stream(events, include_logprobs=output.include_logprobs)
+        return StreamingResponse(stream.events, media_type=stream.media_type,
+                                 headers=dict(stream.headers))
     with counting_late_decode_failure(state.metrics, decoded):
         transcript = await within(context.deadline,
                                   transcriber.transcribe(decoded.audio, options))
     state.metrics.observe_transcript(context.endpoint, transcript,
                                      asyncio.get_running_loop().time() - received)
-    return render(transcript, response_format, include_logprobs=include_logprobs,
-                  timestamp_granularities=granularities)
+    rendered = render(transcript, output.response_format,
+                      include_logprobs=output.include_logprobs,
+                      timestamp_granularities=output.granularities)
+    return Response(rendered.body, media_type=rendered.media_type, headers=dict(rendered.headers))
 
 
 async def decode_upload(state: AppState, file: UploadFile,

@@ -23,7 +23,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from granite_speech_server.api.envelope import error_response
 from granite_speech_server.api.deadline import Deadline
-from granite_speech_server.errors import ServerError
 from granite_speech_server.logs import ACCESS_LOGGER, request_id_var
 from granite_speech_server.metrics import Metrics
 
@@ -104,11 +103,10 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
-        except Exception:  # noqa: BLE001 - the envelope, not a bare 500, and logged with the id
+        except Exception as exc:  # noqa: BLE001 - the envelope, not a bare 500, and logged with the id
             log.exception("Unhandled error on %s %s", scope["method"], scope["path"])
             if status is None:
-                await error_response(ServerError("Internal server error."))(
-                    scope, receive, send_with_id)
+                await error_response(exc)(scope, receive, send_with_id)
         finally:
             # Not recorded yet: the response never ended (the client went away mid-way),
             # or never began (the task was cancelled).

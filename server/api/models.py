@@ -7,7 +7,8 @@ import time
 from fastapi import APIRouter
 
 from granite_speech_server.api.deps import StateDep
-from granite_speech_server.api.protocol import ErrorResponse, ModelCard, ModelList
+from granite_speech_server.api.protocol import ModelCard, ModelList
+from granite_speech_server.formats.openai import ErrorResponse
 from granite_speech_server.asr.prompt import TRANSCRIPTION_LANGUAGES
 from granite_speech_server.errors import ModelNotFound
 from granite_speech_server.state import AppState

@@ -1,13 +1,19 @@
-"""Transcript x response_format -> HTTP response."""
+"""Transcript x response_format -> a response body, its media type and headers.
+
+Pure: the body is text ready to send; ``granite_speech_server.api`` wraps it in an HTTP
+response. Nothing here knows the web framework, the engine or the request.
+"""
 
 from __future__ import annotations
 
+import json
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
-
-from granite_speech_server.api.protocol import (
+from granite_speech_server.asr.prompt import LANGUAGE_NAMES
+from granite_speech_server.asr.transcript import Segment, TokenLogprob, Transcript, Usage
+from granite_speech_server.formats.openai import (
     DurationUsage,
     InputTokenDetails,
     TokenLogprobOut,
@@ -17,11 +23,18 @@ from granite_speech_server.api.protocol import (
     TranscriptionWord,
     VerboseTranscriptionResponse,
 )
-from granite_speech_server.asr.transcript import Segment, TokenLogprob, Transcript, Usage
-from granite_speech_server.asr.prompt import LANGUAGE_NAMES
 from granite_speech_server.formats.subtitles import to_srt, to_vtt
 
 DEFAULT_GRANULARITIES = frozenset({"segment"})
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """A whole response body with what the HTTP layer needs to send it."""
+
+    body: str
+    media_type: str
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 def token_usage(usage: Usage) -> TokenUsage:
@@ -72,25 +85,33 @@ def render(
     *,
     include_logprobs: bool = False,
     timestamp_granularities: frozenset[str] = DEFAULT_GRANULARITIES,
-) -> Response:
+) -> Rendered:
     headers = usage_headers(transcript.usage)
     match response_format:
         case "text":
-            return PlainTextResponse(transcript.text, headers=headers)
+            return Rendered(transcript.text, "text/plain", headers)
         case "srt":
             # OpenAI serves SRT as text/plain too.
-            return PlainTextResponse(to_srt(transcript.segments, transcript.words), headers=headers)
+            return Rendered(to_srt(transcript.segments, transcript.words), "text/plain", headers)
         case "vtt":
-            return Response(to_vtt(transcript.segments, transcript.words), media_type="text/vtt", headers=headers)
+            return Rendered(to_vtt(transcript.segments, transcript.words), "text/vtt", headers)
         case "verbose_json":
-            return JSONResponse(verbose(transcript, timestamp_granularities).model_dump(mode="json"))
+            return json_body(verbose(transcript, timestamp_granularities).model_dump(mode="json"))
         case _:
             body = TranscriptionResponse(
                 text=transcript.text,
                 logprobs=logprobs_out(transcript.logprobs) if include_logprobs else None,
                 usage=token_usage(transcript.usage),
             )
-            return JSONResponse(body.model_dump(mode="json"))
+            return json_body(body.model_dump(mode="json"))
+
+
+def json_body(content: dict) -> Rendered:
+    # Serialized as Starlette's JSONResponse does, so bodies are byte for byte what they
+    # were when the formats built that response themselves.
+    text = json.dumps(content, ensure_ascii=False, allow_nan=False, indent=None,
+                      separators=(",", ":"))
+    return Rendered(text, "application/json")
 
 
 def verbose(transcript: Transcript, granularities: frozenset[str]) -> VerboseTranscriptionResponse:

@@ -93,7 +93,7 @@ async def test_keywords_and_prompt_reach_the_prompt(http, speech_files):
 
 
 async def test_unknown_fields_are_accepted_and_logged(http, speech_files, caplog):
-    with caplog.at_level(logging.INFO, logger="server.api.audio_form"):
+    with caplog.at_level(logging.INFO, logger="granite_speech_server.api.audio_form"):
         await transcribe(http, speech_files, future_option="1", chunking_whatever="x")
     assert "chunking_whatever, future_option" in caplog.text
 

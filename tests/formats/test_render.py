@@ -1,4 +1,4 @@
-"""render(): every response_format's body and content type, checked against the
+"""render(): every response_format's body, media type and headers, checked against the
 OpenAI SDK's own types; and the streaming event models."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from openai.types.audio import (
     TranslationVerbose,
 )
 
-from granite_speech_server.api.protocol import (
+from granite_speech_server.formats.openai import (
     ErrorDetail,
     StreamError,
     TranscriptionResponse,
@@ -59,8 +59,8 @@ def transcript(**changes) -> Transcript:
     return Transcript(**(fields | changes))
 
 
-def body(response) -> dict:
-    return json.loads(response.body)
+def body(rendered) -> dict:
+    return json.loads(rendered.body)
 
 
 EXPECTED_USAGE = {
@@ -93,25 +93,42 @@ def test_json_logprobs_only_when_asked():
 
 def test_text_is_a_plain_body():
     response = render(transcript(), "text")
-    assert response.headers["content-type"] == "text/plain; charset=utf-8"
-    assert response.body.decode() == "Hello there. Café au lait, au lait, au lait."
+    assert response.media_type == "text/plain"
+    assert response.body == "Hello there. Café au lait, au lait, au lait."
 
 
 def test_srt_is_text_plain():
     response = render(transcript(), "srt")
-    assert response.headers["content-type"] == "text/plain; charset=utf-8"
-    subs = list(srt.parse(response.body.decode()))
+    assert response.media_type == "text/plain"
+    subs = list(srt.parse(response.body))
     assert [(s.start.total_seconds(), s.end.total_seconds(), s.content) for s in subs] == [
         (0.0, 1.23, "Hello there."), (1.23, 12.346, "Café au lait, au lait, au lait.")]
 
 
 def test_vtt_is_text_vtt():
     response = render(transcript(), "vtt")
-    assert response.headers["content-type"] == "text/vtt; charset=utf-8"
-    text = response.body.decode()
+    assert response.media_type == "text/vtt"
+    text = response.body
     assert text.startswith("WEBVTT\n\n")
     assert [c.text for c in webvtt.from_string(text).captions] == [
         "Hello there.", "Café au lait, au lait, au lait."]
+
+
+@pytest.mark.parametrize("fmt", ["text", "srt", "vtt"])
+def test_plain_bodies_carry_usage_in_headers(fmt):
+    assert render(transcript(), fmt).headers == {
+        "X-Usage-Audio-Seconds": "12.346", "X-Usage-Input-Tokens": "140",
+        "X-Usage-Audio-Tokens": "120", "X-Usage-Output-Tokens": "9"}
+
+
+@pytest.mark.parametrize("fmt", ["json", "verbose_json"])
+def test_json_bodies_carry_usage_in_the_body_only(fmt):
+    assert render(transcript(), fmt).headers == {}
+
+
+def test_json_is_serialized_compactly_and_keeps_unicode():
+    rendered = render(transcript(), "json")
+    assert rendered.body.startswith('{"text":"Hello there. Café au lait')
 
 
 def test_verbose_json_shape_and_values():
