@@ -51,7 +51,6 @@ class SegmentResult:
     prompt_tokens: int = 0
     """The prompt's tokens as the engine counted them (its audio tokens and its text)."""
     finished: bool = False
-    finish_reason: str | None = None
     scored: list[float] = field(default_factory=list)
     """Logprobs of the scored prompt tokens (``SegmentRequest.score_last``)."""
     drafted_tokens: int = 0

@@ -84,8 +84,7 @@ class Speculator:
         token_ids = kept.token_ids + rest.token_ids
         return dataclasses.replace(
             kept, text=self.engine.tokenizer.decode(token_ids, skip_special_tokens=True),
-            token_ids=token_ids, logprobs=kept.logprobs + rest.logprobs,
-            finish_reason=rest.finish_reason)
+            token_ids=token_ids, logprobs=kept.logprobs + rest.logprobs)
 
     def _answer_ids(self, text: str) -> list[int]:
         """``text`` as the model would answer it: " " + text + end-of-text (its chat
@@ -100,5 +99,4 @@ class Speculator:
         return SegmentResult(
             text=tokenizer.decode(token_ids, skip_special_tokens=True), token_ids=token_ids,
             logprobs=[TokenLogprob(tokenizer.decode([t]), lp) for t, lp in zip(token_ids, scored)],
-            prompt_tokens=prompt_tokens, finished=True, finish_reason="stop",
-            drafted_tokens=len(token_ids))
+            prompt_tokens=prompt_tokens, finished=True, drafted_tokens=len(token_ids))

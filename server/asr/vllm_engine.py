@@ -306,7 +306,6 @@ def _segment_result(output, score_last: int = 0) -> SegmentResult:
         logprobs=logprobs,
         prompt_tokens=len(output.prompt_token_ids or []),
         finished=output.finished,
-        finish_reason=completion.finish_reason,
     )
 
 

@@ -73,7 +73,7 @@ class ScoringEngine:
                self.tokenizer.eos_token_id]
         yield SegmentResult(text=self.answer, token_ids=ids,
                             logprobs=[TokenLogprob("t", -0.5) for _ in ids],
-                            prompt_tokens=prompt_tokens, finished=True, finish_reason="stop")
+                            prompt_tokens=prompt_tokens, finished=True)
 
 
 @functools.cache
@@ -133,7 +133,7 @@ async def test_the_llm_decodes_only_after_the_prefix_it_confirms():
     answer = _tokenizer().encode("three", add_special_tokens=False)
     assert result.token_ids == [draft[0], *answer, _tokenizer().eos_token_id]
     assert result.text == _tokenizer().decode(result.token_ids, skip_special_tokens=True)
-    assert result.drafted_tokens == 1 and result.finish_reason == "stop"
+    assert result.drafted_tokens == 1 and result.finished
     assert result.prompt_tokens == len(PROMPT) - 1 + AUDIO_TOKENS
 
 
