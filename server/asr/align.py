@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from granite_speech_server.asr.transcript import WordTiming
+from granite_speech_server.asr.transcript import Segment, WordTiming
 
 FRAME_SECONDS = 0.02
 BLANK = 0
@@ -86,3 +86,27 @@ def word_timings(log_probs: np.ndarray, text: str, offset_s: float = 0.0) -> lis
         previous_end = end
         cursor += len(word) + 1  # past the word and its space
     return timings
+
+
+def transcript_words(segments: list[Segment], posteriors: list[np.ndarray],
+                     audio_starts_s: list[float]) -> list[WordTiming]:
+    """Word times of a transcript: each segment's text aligned to the audio it was
+    transcribed from (its posteriors; its padded audio starts at ``audio_starts_s``)."""
+    words = []
+    for segment, log_probs, audio_start in zip(segments, posteriors, audio_starts_s):
+        words += segment_words(log_probs, segment, audio_start)
+    return words
+
+
+def segment_words(log_probs: np.ndarray, segment: Segment, audio_offset_s: float,
+                  ) -> list[WordTiming]:
+    try:
+        return word_timings(log_probs, segment.text, audio_offset_s)
+    except NotAlignable:
+        # More characters than frames: no alignment exists; spread the words evenly
+        # rather than lose them.
+        words = segment.text.split()
+        step = (segment.end - segment.start) / max(1, len(words))
+        return [WordTiming(word, round(segment.start + i * step, 3),
+                           round(segment.start + (i + 1) * step, 3))
+                for i, word in enumerate(words)]

@@ -34,6 +34,12 @@ class SegmentRequest:
     n-th segment gets n: every file's first segments go ahead of the later segments
     of files that came before it."""
 
+    @property
+    def text_tokens(self) -> int:
+        """The prompt's tokens but its audio placeholder, which the engine replaces with
+        the audio's own tokens (``SpeechEngine.audio_tokens``)."""
+        return len(self.prompt_token_ids) - 1
+
 
 @dataclass
 class SegmentResult:
@@ -45,7 +51,6 @@ class SegmentResult:
     prompt_tokens: int = 0
     """The prompt's tokens as the engine counted them (its audio tokens and its text)."""
     finished: bool = False
-    finish_reason: str | None = None
     scored: list[float] = field(default_factory=list)
     """Logprobs of the scored prompt tokens (``SegmentRequest.score_last``)."""
     drafted_tokens: int = 0
@@ -66,6 +71,10 @@ class SpeechEngine(Protocol):
     def alive(self) -> bool:
         """False once the engine died: it won't come back in this process."""
 
+    def audio_tokens(self, num_samples: int) -> int:
+        """The audio tokens the checkpoint makes of ``num_samples`` of 16 kHz audio (its
+        prompt's audio placeholder becomes that many)."""
+
     def load(self) -> tuple[int, int]:
         """(running, waiting) segment requests in the engine's scheduler."""
 
@@ -76,3 +85,12 @@ class SpeechEngine(Protocol):
 
     def shutdown(self) -> None:
         """Stop the engine and free what it holds."""
+
+
+async def final_result(engine: SpeechEngine, request: SegmentRequest,
+                       request_id: str) -> SegmentResult:
+    """The engine's last (complete) result for ``request``."""
+    result = SegmentResult()
+    async for result in engine.generate(request, request_id):
+        pass
+    return result

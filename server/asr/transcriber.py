@@ -3,7 +3,9 @@
 Segments go to the engine as soon as they are planned (a window of audio at a time), none
 waiting for another, so the engine batches them.
 ``stream`` yields text deltas in audio order while later segments already run;
-``transcribe`` waits for the final texts only.
+``transcribe`` waits for the final texts only. The steps are modules of their own:
+``planning``, ``prompt``, the ``SpeechEngine`` (or ``speculation`` from CTC drafts),
+``stitch``, and ``align`` for word times.
 """
 
 from __future__ import annotations
@@ -12,41 +14,41 @@ import asyncio
 import dataclasses
 import math
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from granite_speech_server.asr import prompt as prompts
-from granite_speech_server.asr.align import NotAlignable, word_timings
+from granite_speech_server.asr.align import transcript_words
 from granite_speech_server.asr.ctc import CtcHead
-from granite_speech_server.asr.engine import SegmentRequest, SegmentResult, SpeechEngine
-from granite_speech_server.asr.speculative import accepted_prefix, ctc_draft
-from granite_speech_server.asr.stitch import UNSPACED_LANGUAGES, join_texts
+from granite_speech_server.asr.engine import (
+    SegmentRequest,
+    SegmentResult,
+    SpeechEngine,
+    final_result,
+)
+from granite_speech_server.asr.planning import plan_options, planned_ahead
+from granite_speech_server.asr.speculation import Speculator
+from granite_speech_server.asr.stitch import DeltaStitcher, stitch, token_usage
 from granite_speech_server.asr.transcript import (
     Finished,
-    Segment,
-    TextDelta,
-    TokenLogprob,
     Transcript,
     TranscriptEvent,
     TranscriptionOptions,
-    Usage,
-    WordTiming,
 )
-from granite_speech_server.audio.features import SAMPLE_RATE, audio_token_count
-from granite_speech_server.audio.progressive import DecodeCancelled, DecodingAudio
-from granite_speech_server.audio.segment import PlannedSegment, Planner, PlanOptions, plan_in_windows
-from granite_speech_server.audio.vad import VadOptions
+from granite_speech_server.audio.features import SAMPLE_RATE
+from granite_speech_server.audio.progressive import DecodingAudio
+from granite_speech_server.audio.segment import PlannedSegment, Planner, plan_in_windows
 from granite_speech_server.config import Settings
-from granite_speech_server.priority import start_thread
 
 
 @dataclass
 class _Plan:
-    segments: list[PlannedSegment]
-    requests: list[SegmentRequest]
-    request_ids: list[str]
+    """The segments planned so far, in audio order, and the request sent for each."""
+
+    segments: list[PlannedSegment] = field(default_factory=list)
+    requests: list[SegmentRequest] = field(default_factory=list)
 
 
 class Transcriber:
@@ -56,35 +58,35 @@ class Transcriber:
         self.settings = settings
         self.planner = planner
         self.ctc = ctc
+        self.speculator = Speculator(
+            engine, max_entropy=settings.speculative_max_entropy,
+            min_probability=settings.speculative_min_probability,
+        ) if settings.speculative_ctc and ctc is not None else None
 
     async def warm_up(self) -> None:
         """One short request straight to the engine (noise has no speech to plan)."""
         noise = np.random.default_rng(0).normal(0, 0.01, SAMPLE_RATE).astype(np.float32)
         prompt_ids = prompts.render_prompt(self.engine.tokenizer, prompts.TRANSCRIBE_INSTRUCTION)
         request = SegmentRequest(prompt_ids, noise, self.output_budget(noise.size, len(prompt_ids)))
-        await self._final(request, f"warm-up-{uuid.uuid4().hex}")
-
-    @property
-    def speculative(self) -> bool:
-        return self.settings.speculative_ctc and self.ctc is not None
+        await final_result(self.engine, request, f"warm-up-{uuid.uuid4().hex}")
 
     async def transcribe(self, audio: np.ndarray | DecodingAudio,
                          options: TranscriptionOptions) -> Transcript:
         """The whole transcript. ``audio`` may still be decoding: its plan starts on
         what is there, and decoding stops if the request ends first."""
         source = DecodingAudio.of(audio)
-        plan = _Plan([], [], [])
+        plan = _Plan()
         runs: list[asyncio.Task] = []
-        posteriors: list[np.ndarray] | None = [] if self.speculative else None
+        posteriors: list[np.ndarray] | None = [] if self.speculator else None
         try:
             async for batch in self._submissions(source, options, plan, stream=False):
-                if posteriors is None:
-                    runs += [asyncio.create_task(self._final(request, rid))
+                if self.speculator is None:
+                    runs += [asyncio.create_task(final_result(self.engine, request, rid))
                              for request, rid in batch]
                     continue
                 batch_posteriors = await self._posteriors([request for request, _ in batch])
                 posteriors += batch_posteriors
-                runs += [asyncio.create_task(self._speculate(request, rid, log_probs))
+                runs += [asyncio.create_task(self.speculator.decode(request, rid, log_probs))
                          for (request, rid), log_probs in zip(batch, batch_posteriors)]
             results = await asyncio.gather(*runs)
         finally:
@@ -99,65 +101,74 @@ class Transcriber:
         (a client that went away) cancels every segment, which aborts it in vLLM,
         and stops decoding the rest of ``audio``."""
         source = DecodingAudio.of(audio)
-        plan = _Plan([], [], [])
-        queues: list[asyncio.Queue] = []
-        tasks: list[asyncio.Task] = []
-        submitted = asyncio.Event()
+        plan = _Plan()
+        # Two sides meet at ``submitted``: the planning task submits each segment as
+        # the plan reaches it and puts the queue its results arrive on into
+        # ``submitted``, in audio order, then None (or the plan's failure). This side
+        # reads those queues one after the other: every segment runs at once, and
+        # their deltas come out in audio order.
+        submitted: asyncio.Queue[asyncio.Queue | BaseException | None] = asyncio.Queue()
+        runs: list[asyncio.Task] = []
 
         async def submit_all() -> None:
             try:
                 async for batch in self._submissions(source, options, plan, stream=True):
                     for request, rid in batch:
-                        queues.append(asyncio.Queue())
-                        tasks.append(asyncio.create_task(self._pump(request, rid, queues[-1])))
-                    submitted.set()
-            finally:
-                submitted.set()
+                        results: asyncio.Queue = asyncio.Queue()
+                        runs.append(asyncio.create_task(self._pump(request, rid, results)))
+                        submitted.put_nowait(results)
+                submitted.put_nowait(None)
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:  # noqa: BLE001 - raised below, in audio order
+                submitted.put_nowait(exc)
 
         planning = asyncio.create_task(submit_all())
         try:
-            deltas = _DeltaTracker(spaced=options.output_language not in UNSPACED_LANGUAGES)
-            results: list[SegmentResult] = []
-            while True:
-                if len(results) == len(queues):
-                    if planning.done():
-                        planning.result()  # planning failed: say so
-                        break
-                    submitted.clear()
-                    await submitted.wait()
-                    continue
+            deltas = DeltaStitcher(options.output_language)
+            finals: list[SegmentResult] = []
+            while (results := await submitted.get()) is not None:
+                if isinstance(results, BaseException):
+                    raise results
                 result = SegmentResult()
                 while not result.finished:
-                    result = await _latest(queues[len(results)])
+                    result = await _latest(results)
                     if delta := deltas.advance(result):
                         yield delta
                 deltas.end_segment()
-                results.append(result)
-            yield Finished(await self._finish(plan, results, options, source.whole().size))
+                finals.append(result)
+            yield Finished(await self._finish(plan, finals, options, source.whole().size))
         finally:
             source.close()
-            await _cancel([planning, *tasks])
+            await _cancel([planning, *runs])
 
     async def _submissions(self, source: DecodingAudio, options: TranscriptionOptions,
                            plan: _Plan, *, stream: bool,
                            ) -> AsyncIterator[list[tuple[SegmentRequest, str]]]:
-        """The plan's segments as engine requests, a window's worth at a time, each batch
-        as soon as the VAD has seen its audio (in the plan's own thread: it is CPU work,
-        and waits for the decoder)."""
+        """The plan's segments as engine requests with their ids, a window's worth at a
+        time, each batch as soon as the VAD has seen its audio (in the plan's own thread:
+        it is CPU work, and waits for the decoder)."""
         prompt_ids = prompts.render_prompt(self.engine.tokenizer, options.instruction())
         request_id = uuid.uuid4().hex
-        windows = self.planner(source, self.plan_options(options))
+        windows = self.planner(source, plan_options(self.settings, options))
         async for segments in planned_ahead(windows, self.settings.preprocessing_niceness):
             # The planner has seen this audio: it is decoded, nothing waits.
             audio = source.until(segments[-1].audio_end)
             batch = []
             for segment in segments:
-                request = self._segment_request(audio, segment, prompt_ids, options,
-                                                stream=stream, priority=len(plan.requests))
+                index = len(plan.requests)
+                request = SegmentRequest(
+                    prompt_token_ids=prompt_ids,
+                    # A view, not a copy: a long file's samples are held once.
+                    audio=audio[segment.audio_start : segment.audio_end],
+                    max_tokens=self.output_budget(segment.num_audio_samples, len(prompt_ids)),
+                    temperature=options.temperature,
+                    stream=stream,
+                    priority=index,
+                )
                 plan.segments.append(segment)
                 plan.requests.append(request)
-                plan.request_ids.append(f"{request_id}-{len(plan.requests) - 1}")
-                batch.append((request, plan.request_ids[-1]))
+                batch.append((request, f"{request_id}-{index}"))
             yield batch
 
     def output_budget(self, num_samples: int, prompt_tokens: int) -> int:
@@ -168,39 +179,8 @@ class Transcriber:
             duration * self.settings.output_tokens_per_second
         )
         # The placeholder token in the prompt becomes the audio tokens.
-        used = prompt_tokens - 1 + audio_token_count(num_samples)
+        used = prompt_tokens - 1 + self.engine.audio_tokens(num_samples)
         return max(1, min(wanted, self.settings.max_model_len - used))
-
-    def plan_options(self, options: TranscriptionOptions) -> PlanOptions:
-        settings = self.settings
-        default_vad = VadOptions(threshold=settings.vad_threshold,
-                                 min_silence_ms=settings.vad_min_silence_ms)
-        return PlanOptions(
-            max_segment_s=settings.max_segment_seconds,
-            min_segment_s=settings.min_segment_seconds,
-            padding_ms=settings.segment_padding_ms if options.padding_ms is None
-            else options.padding_ms,
-            vad=options.vad or default_vad,
-        )
-
-    def _segment_request(self, audio: np.ndarray, segment: PlannedSegment,
-                         prompt_ids: list[int], options: TranscriptionOptions, *,
-                         stream: bool, priority: int) -> SegmentRequest:
-        return SegmentRequest(
-            prompt_token_ids=prompt_ids,
-            # A view, not a copy: a long file's samples are held once.
-            audio=audio[segment.audio_start : segment.audio_end],
-            max_tokens=self.output_budget(segment.num_audio_samples, len(prompt_ids)),
-            temperature=options.temperature,
-            stream=stream,
-            priority=priority,
-        )
-
-    async def _final(self, request: SegmentRequest, request_id: str) -> SegmentResult:
-        result = SegmentResult()
-        async for result in self.engine.generate(request, request_id):
-            pass
-        return result
 
     async def _pump(self, request: SegmentRequest, request_id: str, queue: asyncio.Queue) -> None:
         try:
@@ -211,43 +191,6 @@ class Transcriber:
         except Exception as exc:  # noqa: BLE001 - handed to the consumer, which raises it
             queue.put_nowait(exc)
 
-    async def _speculate(self, request: SegmentRequest, request_id: str,
-                         log_probs: np.ndarray) -> SegmentResult:
-        """The CTC draft when it is sure; else the prefix of it the LLM confirms in one
-        scoring pass, and only the rest decoded token by token."""
-        tokenizer = self.engine.tokenizer
-        draft = ctc_draft(log_probs)
-        # The model's answer is " " + text + end-of-text (its chat turn's format).
-        draft_ids = tokenizer.encode(" " + draft.text, add_special_tokens=False) if draft.text \
-            else []
-        draft_ids.append(tokenizer.eos_token_id)
-        if len(draft_ids) > request.max_tokens:
-            return await self._final(request, request_id)
-        if draft.max_entropy <= self.settings.speculative_max_entropy:
-            return self._drafted(draft_ids, [])
-        scoring = dataclasses.replace(request, max_tokens=1, score_last=len(draft_ids),
-                                      prompt_token_ids=request.prompt_token_ids + draft_ids)
-        scored = (await self._final(scoring, f"{request_id}-score")).scored
-        keep = accepted_prefix(scored, math.log(self.settings.speculative_min_probability))
-        if keep == len(draft_ids):
-            return self._drafted(draft_ids, scored)
-        rest = await self._final(dataclasses.replace(
-            request, prompt_token_ids=request.prompt_token_ids + draft_ids[:keep],
-            max_tokens=request.max_tokens - keep), f"{request_id}-rest")
-        kept = self._drafted(draft_ids[:keep], scored[:keep])
-        token_ids = kept.token_ids + rest.token_ids
-        return SegmentResult(
-            text=tokenizer.decode(token_ids, skip_special_tokens=True),
-            token_ids=token_ids, logprobs=kept.logprobs + rest.logprobs, finished=True,
-            finish_reason=rest.finish_reason, drafted_tokens=keep)
-
-    def _drafted(self, token_ids: list[int], scored: list[float]) -> SegmentResult:
-        tokenizer = self.engine.tokenizer
-        return SegmentResult(
-            text=tokenizer.decode(token_ids, skip_special_tokens=True), token_ids=token_ids,
-            logprobs=[TokenLogprob(tokenizer.decode([t]), lp) for t, lp in zip(token_ids, scored)],
-            finished=True, finish_reason="stop", drafted_tokens=len(token_ids))
-
     async def _posteriors(self, requests: list[SegmentRequest]) -> list[np.ndarray]:
         if self.ctc is None:
             raise RuntimeError("the CTC head is not loaded (checked by the API)")
@@ -257,91 +200,16 @@ class Transcriber:
     async def _finish(self, plan: _Plan, results: list[SegmentResult],
                       options: TranscriptionOptions, num_samples: int,
                       posteriors: list[np.ndarray] | None = None) -> Transcript:
-        transcript = self._stitch(plan, results, options, num_samples)
+        usage = token_usage(plan.requests, results, self.engine.audio_tokens, num_samples)
+        transcript = stitch(plan.segments, results, options, usage, num_samples)
         if not options.word_timestamps:
             return transcript
         posteriors = posteriors or await self._posteriors(plan.requests)
+        audio_starts = [segment.audio_start / SAMPLE_RATE for segment in plan.segments]
         # The Viterbi passes are CPU work (a Python loop over every frame): off the loop.
-        words = await asyncio.to_thread(self._align, plan, transcript, posteriors)
+        words = await asyncio.to_thread(transcript_words, transcript.segments, posteriors,
+                                        audio_starts)
         return dataclasses.replace(transcript, words=words)
-
-    def _align(self, plan: _Plan, transcript: Transcript,
-               posteriors: list[np.ndarray]) -> list[WordTiming]:
-        """Word times from a CTC forced alignment of each segment's text to its audio."""
-        words = []
-        for planned, segment, log_probs in zip(plan.segments, transcript.segments, posteriors):
-            words += segment_words(log_probs, segment, planned.audio_start / SAMPLE_RATE)
-        return words
-
-    def _stitch(self, plan: _Plan, results: list[SegmentResult],
-                options: TranscriptionOptions, num_samples: int) -> Transcript:
-        segments = [
-            Segment(
-                start=planned.start / SAMPLE_RATE,
-                end=planned.end / SAMPLE_RATE,
-                text=result.text.strip(),
-                token_ids=result.token_ids,
-                logprobs=result.logprobs,
-                temperature=options.temperature,
-                prompt_tokens=result.prompt_tokens,
-            )
-            for planned, result in zip(plan.segments, results)
-        ]
-        usage = Usage(
-            audio_tokens=sum(audio_token_count(r.audio.size) for r in plan.requests),
-            text_tokens=sum(len(r.prompt_token_ids) - 1 for r in plan.requests),
-            output_tokens=sum(len(r.token_ids) for r in results),
-            drafted_tokens=sum(r.drafted_tokens for r in results),
-            seconds=num_samples / SAMPLE_RATE,
-        )
-        return Transcript(
-            task=options.task,
-            text=join_texts([s.text for s in segments], options.output_language),
-            language=options.output_language,
-            duration=num_samples / SAMPLE_RATE,
-            segments=segments,
-            usage=usage,
-        )
-
-
-def segment_words(log_probs: np.ndarray, segment: Segment, audio_offset_s: float,
-                  ) -> list[WordTiming]:
-    try:
-        return word_timings(log_probs, segment.text, audio_offset_s)
-    except NotAlignable:
-        # More characters than frames: no alignment exists; spread the words evenly
-        # rather than lose them.
-        words = segment.text.split()
-        step = (segment.end - segment.start) / max(1, len(words))
-        return [WordTiming(word, round(segment.start + i * step, 3),
-                           round(segment.start + (i + 1) * step, 3))
-                for i, word in enumerate(words)]
-
-
-async def planned_ahead(windows: Iterator[list[PlannedSegment]], niceness: int = 0,
-                        ) -> AsyncIterator[list[PlannedSegment]]:
-    """The plan's batches, computed in a thread of the request's own that runs ahead: the
-    VAD reads the next window while the event loop hands this one to the engine. The
-    thread runs at ``niceness`` (``granite_speech_server.priority``). Once the
-    request is gone, closing its audio stops the thread at its next read."""
-    loop = asyncio.get_running_loop()
-    batches: asyncio.Queue = asyncio.Queue()
-
-    def plan() -> None:
-        try:
-            for batch in windows:
-                loop.call_soon_threadsafe(batches.put_nowait, batch)
-            loop.call_soon_threadsafe(batches.put_nowait, None)
-        except DecodeCancelled:
-            pass  # nobody is waiting any more
-        except BaseException as exc:  # noqa: BLE001 - raised to the request below
-            loop.call_soon_threadsafe(batches.put_nowait, exc)
-
-    start_thread(plan, name="plan", niceness=niceness)
-    while (batch := await batches.get()) is not None:
-        if isinstance(batch, BaseException):
-            raise batch
-        yield batch
 
 
 async def _latest(queue: asyncio.Queue) -> SegmentResult:
@@ -361,31 +229,3 @@ async def _cancel(tasks: list[asyncio.Task]) -> None:
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-
-
-class _DeltaTracker:
-    """Turns cumulative segment texts into deltas whose concatenation is exactly
-    the stitched transcript: edges are stripped, trailing whitespace is held back
-    until text follows it, and segments are joined as ``join_texts`` joins them."""
-
-    def __init__(self, *, spaced: bool) -> None:
-        self._separator = " " if spaced else ""
-        self._anything_sent = False
-        self._sent_chars = 0
-        self._sent_tokens = 0
-
-    def advance(self, result: SegmentResult) -> TextDelta | None:
-        stable = result.text.strip()
-        new_text = stable[self._sent_chars :]
-        if not new_text:
-            return None
-        prefix = self._separator if self._anything_sent and self._sent_chars == 0 else ""
-        logprobs = result.logprobs[self._sent_tokens :]
-        self._sent_chars = len(stable)
-        self._sent_tokens = len(result.logprobs)
-        self._anything_sent = True
-        return TextDelta(prefix + new_text, logprobs)
-
-    def end_segment(self) -> None:
-        self._sent_chars = 0
-        self._sent_tokens = 0

@@ -19,7 +19,13 @@ from dataclasses import dataclass
 from granite_speech_server.asr.checkpoint import check_granite_speech
 from granite_speech_server.asr.engine import SegmentRequest, SegmentResult
 from granite_speech_server.asr.transcript import TokenLogprob
-from granite_speech_server.audio.features import SAMPLE_RATE, longest_audio_samples
+from granite_speech_server.audio.features import (
+    DOWNSAMPLE_RATE,
+    SAMPLE_RATE,
+    WINDOW_SIZE,
+    audio_token_count,
+    longest_audio_samples,
+)
 from granite_speech_server.config import Settings
 from granite_speech_server.errors import EngineError
 from granite_speech_server.vllm_plugin import ARCHITECTURE, intake, shm_wait
@@ -68,12 +74,17 @@ def longest_prompt_audio(settings: Settings, checkpoint: dict | None = None) -> 
     """Samples of the longest audio one of this server's prompts carries: a planned
     segment (at most ``--max-segment-seconds``), or less where the context can't hold
     that much beside the prompt's text and the output floor."""
-    checkpoint = checkpoint or {}
     context_room = settings.max_model_len - PROMPT_TEXT_TOKENS - settings.output_tokens_floor
-    fits_context = longest_audio_samples(context_room,
-                                         window_size=checkpoint.get("window_size", 15),
-                                         downsample_rate=checkpoint.get("downsample_rate", 5))
+    fits_context = longest_audio_samples(context_room, *projector_windowing(checkpoint))
     return max(SAMPLE_RATE, min(int(settings.max_segment_seconds * SAMPLE_RATE), fits_context))
+
+
+def projector_windowing(checkpoint: dict | None) -> tuple[int, int]:
+    """config.json's ``window_size`` and ``downsample_rate``: what vLLM builds the
+    projector from, and what the plugin counts audio tokens with."""
+    checkpoint = checkpoint or {}
+    return (checkpoint.get("window_size", WINDOW_SIZE),
+            checkpoint.get("downsample_rate", DOWNSAMPLE_RATE))
 
 
 def engine_args(settings: Settings, checkpoint: dict | None = None):
@@ -133,10 +144,12 @@ def _cpu_only_x86_without_bf16() -> bool:
 class VllmEngine:
     """A ``SpeechEngine``: an AsyncLLM running a Granite speech checkpoint."""
 
-    def __init__(self, llm, tokenizer, scheduler_load: SchedulerLoad | None = None) -> None:
+    def __init__(self, llm, tokenizer, scheduler_load: SchedulerLoad | None = None,
+                 checkpoint: dict | None = None) -> None:
         self._llm = llm
         self.tokenizer = tokenizer
         self._scheduler_load = scheduler_load
+        self._windowing = projector_windowing(checkpoint)
         self._renderer = RenderedTogether(llm.renderer)
 
     @classmethod
@@ -156,7 +169,7 @@ class VllmEngine:
                  llm.model_config.dtype, (cache.num_gpu_blocks or 0) * cache.block_size,
                  cache.num_gpu_blocks or 0, cache.block_size,
                  args.limit_mm_per_prompt["audio"]["length"] / SAMPLE_RATE)
-        engine = cls(llm, llm.get_tokenizer(), load)
+        engine = cls(llm, llm.get_tokenizer(), load, checkpoint)
         # This frame outlives start-up (with stat loggers on, gc.get_referrers showed it
         # as the AsyncLLM's last referrer after shutdown()): a local here would keep the
         # AsyncLLM alive until interpreter exit, where its __del__ fails noisily.
@@ -175,6 +188,9 @@ class VllmEngine:
     @property
     def unfinished_requests(self) -> int:
         return self._llm.get_num_unfinished_requests()
+
+    def audio_tokens(self, num_samples: int) -> int:
+        return audio_token_count(num_samples, *self._windowing)
 
     def load(self) -> tuple[int, int]:
         """(running, waiting) segment requests in the scheduler. Requests aborted
@@ -290,7 +306,6 @@ def _segment_result(output, score_last: int = 0) -> SegmentResult:
         logprobs=logprobs,
         prompt_tokens=len(output.prompt_token_ids or []),
         finished=output.finished,
-        finish_reason=completion.finish_reason,
     )
 
 

@@ -31,10 +31,20 @@ DYNAMIC_RANGE = 8.0  # decades of log10 power kept below the utterance's loudest
 MIN_STFT_SAMPLES = N_FFT // 2 + 1
 
 
+WINDOW_SIZE = 15
+DOWNSAMPLE_RATE = 5
+"""The projector's ``window_size`` (encoder frames per window) and ``downsample_rate``
+(frames per audio token within it) when a checkpoint's config.json doesn't say: the
+4.0-1b's values, and transformers' defaults for ``GraniteSpeechConfig``."""
+
+
 def audio_token_count(
-    num_samples: int, window_size: int = 15, downsample_rate: int = 5
+    num_samples: int, window_size: int = WINDOW_SIZE, downsample_rate: int = DOWNSAMPLE_RATE
 ) -> int:
-    """Audio tokens the projector emits, so prompts can reserve them before encoding."""
+    """Audio tokens the projector emits for ``num_samples`` of 16 kHz audio, so prompts
+    can reserve them before encoding. The one formula: the plugin expands the prompt's
+    audio placeholder to this many, and the server plans with it through
+    ``SpeechEngine.audio_tokens`` (both with the checkpoint's own window and rate)."""
     mel_frames = num_samples // HOP_LENGTH + 1
     encoder_frames = mel_frames // 2
     windows = math.ceil(encoder_frames / window_size)
@@ -42,7 +52,7 @@ def audio_token_count(
 
 
 def longest_audio_samples(
-    max_tokens: int, window_size: int = 15, downsample_rate: int = 5
+    max_tokens: int, window_size: int = WINDOW_SIZE, downsample_rate: int = DOWNSAMPLE_RATE
 ) -> int:
     """The most samples whose audio tokens (``audio_token_count``) fit in ``max_tokens``."""
     windows = max(0, max_tokens) // (window_size // downsample_rate)

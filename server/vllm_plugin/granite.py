@@ -42,31 +42,30 @@ AUDIO_PLACEHOLDER = "<|audio|>"
 
 
 @functools.lru_cache(maxsize=8)
-def _front_end_settings(model: str, revision: str | None) -> dict[str, int]:
-    """Sampling rate and projector windowing from the checkpoint's processor files.
-
-    The real checkpoint and the test model both ship ``preprocessor_config.json``;
-    the defaults are the published 4.0-1b values.
-    """
-    settings = {"sampling_rate": SAMPLE_RATE, "projector_window_size": 15,
-                "projector_downsample_rate": 5}
+def _sampling_rate(model: str, revision: str | None) -> int:
+    """The sampling rate the checkpoint's processor files declare (the real checkpoint
+    and the test model both ship ``preprocessor_config.json``), checked against ours."""
+    rate = SAMPLE_RATE
     for name in ("preprocessor_config.json", "processor_config.json"):
         found = get_hf_file_to_dict(name, model, revision) or {}
         found = found.get("audio_processor", found)
-        settings.update({k: int(found[k]) for k in settings if k in found})
-    if settings["sampling_rate"] != SAMPLE_RATE:
+        rate = int(found.get("sampling_rate", rate))
+    if rate != SAMPLE_RATE:
         raise ValueError(
-            f"{model}: feature extractor expects {settings['sampling_rate']} Hz; "
+            f"{model}: feature extractor expects {rate} Hz; "
             f"this server's front end is built for {SAMPLE_RATE} Hz."
         )
-    return settings
+    return rate
+
+
+def _audio_tokens(num_samples: int, hf_config: Any) -> int:
+    """With config.json's ``window_size`` and ``downsample_rate``: what vLLM builds the
+    projector from, so the placeholders match the embeddings it makes (the server counts
+    with the same values, ``VllmEngine.audio_tokens``)."""
+    return audio_token_count(num_samples, hf_config.window_size, hf_config.downsample_rate)
 
 
 class GraniteSpeechServerProcessingInfo(GraniteSpeechProcessingInfo):
-    def front_end(self) -> dict[str, int]:
-        config = self.ctx.model_config
-        return _front_end_settings(config.model, config.revision)
-
     def get_hf_processor(self, **kwargs: object):
         raise RuntimeError(
             "The Hugging Face Granite processor needs torchaudio; this plugin "
@@ -80,29 +79,22 @@ class GraniteSpeechServerProcessingInfo(GraniteSpeechProcessingInfo):
         # soxr, not vLLM's torchaudio default; the server hands over 16 kHz
         # audio anyway, so this only matters for direct engine callers.
         return MultiModalDataParser(
-            target_sr=self.front_end()["sampling_rate"],
+            target_sr=_sampling_rate(self.ctx.model_config.model,
+                                     self.ctx.model_config.revision),
             audio_resample_method="soxr",
             expected_hidden_size=self._get_expected_hidden_size(),
         )
 
     def audio_token_count(self, num_samples: int) -> int:
-        front_end = self.front_end()
-        return audio_token_count(
-            num_samples,
-            window_size=front_end["projector_window_size"],
-            downsample_rate=front_end["projector_downsample_rate"],
-        )
+        return _audio_tokens(num_samples, self.get_hf_config())
 
     def get_max_audio_len(self) -> int:
         """The longest audio a prompt can hold: its audio tokens and one more fill the
         context. vLLM's own class says 500 s whatever the context, and profiles the
         model with that much audio at start-up (six minutes at full size on a CPU)."""
-        front_end = self.front_end()
-        return longest_audio_samples(
-            self.ctx.model_config.max_model_len - 1,
-            window_size=front_end["projector_window_size"],
-            downsample_rate=front_end["projector_downsample_rate"],
-        )
+        config = self.get_hf_config()
+        return longest_audio_samples(self.ctx.model_config.max_model_len - 1,
+                                     config.window_size, config.downsample_rate)
 
     def profiled_audio_len(self) -> int:
         """The dummy audio vLLM profiles with: the longest a prompt can hold, or less
@@ -191,9 +183,5 @@ class GraniteSpeechServerForConditionalGeneration(GraniteSpeechForConditionalGen
     @classmethod
     def get_num_audio_tokens(cls, audio_duration_s: float, stt_config: Any,
                              model_config: Any) -> int | None:
-        settings = _front_end_settings(model_config.model, model_config.revision)
-        return audio_token_count(
-            int(audio_duration_s * stt_config.sample_rate),
-            window_size=settings["projector_window_size"],
-            downsample_rate=settings["projector_downsample_rate"],
-        )
+        return _audio_tokens(int(audio_duration_s * stt_config.sample_rate),
+                             model_config.hf_config)

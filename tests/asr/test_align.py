@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from granite_speech_server.asr.align import FRAME_SECONDS, NotAlignable, viterbi_path, word_timings
+from granite_speech_server.asr.align import (
+    FRAME_SECONDS,
+    NotAlignable,
+    segment_words,
+    transcript_words,
+    viterbi_path,
+    word_timings,
+)
+from granite_speech_server.asr.transcript import Segment
 
 
 def posteriors(frames: list[str], vocab: int = 348, sharpness: float = 8.0) -> np.ndarray:
@@ -73,3 +81,22 @@ def test_long_transcripts_align():
     timings = word_timings(posteriors(frames), text)
     assert len(timings) == 30
     assert all(a.end <= b.start for a, b in zip(timings, timings[1:]))
+
+
+def test_a_transcripts_words_are_aligned_segment_by_segment_at_their_audio_offsets():
+    first = posteriors(spoken(("", 5), ("h", 2), ("i", 2), ("", 5)))
+    second = posteriors(spoken(("", 10), ("y", 2), ("o", 2), ("", 2)))
+    segments = [Segment(1.0, 1.3, "hi", [], [], 0.0), Segment(4.0, 4.3, "yo", [], [], 0.0)]
+    words = transcript_words(segments, [first, second], audio_starts_s=[0.9, 3.8])
+    assert [w.word for w in words] == ["hi", "yo"]
+    assert words[0].start == pytest.approx(0.9 + 5 * FRAME_SECONDS)
+    assert words[1].start == pytest.approx(3.8 + 10 * FRAME_SECONDS)
+    assert words[1].end == pytest.approx(3.8 + 14 * FRAME_SECONDS)
+
+
+def test_words_that_cannot_be_aligned_are_spread_over_their_segment():
+    too_short = posteriors(spoken(("a", 3)))
+    segment = Segment(2.0, 3.0, "four words right here", [], [], 0.0)
+    words = segment_words(too_short, segment, audio_offset_s=1.8)
+    assert [(w.word, w.start, w.end) for w in words] == [
+        ("four", 2.0, 2.25), ("words", 2.25, 2.5), ("right", 2.5, 2.75), ("here", 2.75, 3.0)]

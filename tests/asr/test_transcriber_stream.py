@@ -26,12 +26,18 @@ class ScriptedEngine:
     """Emits each segment's text word by word, with per-segment delays, recording
     which requests started and which were cancelled."""
 
-    def __init__(self, texts: list[str], delay_s: list[float], fail_at: int | None = None):
+    def __init__(self, texts: list[str], delay_s: list[float], fail_at: int | None = None,
+                 counted_audio_tokens: int | None = None):
         self.tokenizer = tiny_model.build_tokenizer()
         self.texts, self.delay_s, self.fail_at = texts, delay_s, fail_at
+        self.counted_audio_tokens = counted_audio_tokens
+        """Audio tokens the engine reports in each result's prompt count (None: no count)."""
         self.started: list[str] = []
         self.requests: list = []
         self.cancelled: list[str] = []
+
+    def audio_tokens(self, num_samples: int) -> int:
+        return audio_token_count(num_samples)
 
     async def generate(self, request, request_id):
         index = len(self.started)
@@ -46,10 +52,17 @@ class ScriptedEngine:
                 text = " ".join(words[:n])
                 yield SegmentResult(text=text, token_ids=list(range(n)),
                                     logprobs=[TokenLogprob(w, -0.1) for w in words[:n]],
+                                    prompt_tokens=self._prompt_tokens(request),
                                     finished=n == len(words))
         except asyncio.CancelledError:
             self.cancelled.append(request_id)
             raise
+
+
+    def _prompt_tokens(self, request) -> int:
+        if self.counted_audio_tokens is None:
+            return 0
+        return request.text_tokens + self.counted_audio_tokens
 
 
 def fixed_length_plan(audio, options: PlanOptions) -> Iterator[list[PlannedSegment]]:
@@ -130,6 +143,51 @@ async def test_usage_counts_audio_tokens_once_per_segment():
     assert transcript.usage.audio_tokens == 2 * audio_token_count(10 * 16000)
     assert transcript.usage.output_tokens == 2
     assert transcript.usage.seconds == 20
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_usage_takes_the_engines_own_prompt_counts(stream):
+    """Where the engine counted a segment's prompt, usage reports that count, not the
+    formula's (here they differ on purpose)."""
+    engine = ScriptedEngine(["a", "b"], [0.001, 0.001], counted_audio_tokens=7)
+    run, audio = transcriber(engine, 20)
+    if stream:
+        *_, done = await collect(run.stream(audio, TranscriptionOptions()))
+        transcript = done.transcript
+    else:
+        transcript = await run.transcribe(audio, TranscriptionOptions())
+    text_tokens = len(engine.requests[0].prompt_token_ids) - 1  # the placeholder is audio
+    assert transcript.usage.audio_tokens == 2 * 7
+    assert transcript.usage.text_tokens == 2 * text_tokens
+    assert [s.prompt_tokens for s in transcript.segments] == [text_tokens + 7] * 2
+
+
+async def test_the_output_budget_reserves_the_engines_audio_tokens():
+    class CountsDouble(ScriptedEngine):
+        def audio_tokens(self, num_samples: int) -> int:
+            return 2 * audio_token_count(num_samples)
+
+    settings = Settings(model="m", max_model_len=430)  # the context, not speech, bounds both
+    prompt_tokens = 17
+    formula = Transcriber(ScriptedEngine([], []), settings).output_budget(16000 * 20, prompt_tokens)
+    doubled = Transcriber(CountsDouble([], []), settings).output_budget(16000 * 20, prompt_tokens)
+    assert formula == 430 - (prompt_tokens - 1) - audio_token_count(16000 * 20)
+    assert doubled == formula - audio_token_count(16000 * 20)
+
+
+async def test_a_failed_plan_ends_the_stream_after_the_segments_before_it():
+    engine = ScriptedEngine(["a b", "c d"], [0.001, 0.001])
+
+    def planner(audio, options):
+        yield [PlannedSegment(0, 16000, 0, 16000), PlannedSegment(16000, 32000, 16000, 32000)]
+        raise RuntimeError("the VAD broke")
+
+    run = Transcriber(engine, Settings(model="m"), planner=planner)
+    received = []
+    with pytest.raises(RuntimeError, match="the VAD broke"):
+        async for event in run.stream(np.zeros(5 * 16000, np.float32), TranscriptionOptions()):
+            received.append(event)
+    assert "".join(e.text for e in received) == "a b c d"
 
 
 async def test_audio_without_speech_makes_no_engine_call():
