@@ -36,7 +36,7 @@ from granite_speech_server.asr.transcript import (
 )
 from granite_speech_server.audio.features import SAMPLE_RATE, audio_token_count
 from granite_speech_server.audio.progressive import DecodeCancelled, DecodingAudio
-from granite_speech_server.audio.segment import PlannedSegment, Planner, PlanOptions, plan_in_windows
+from granite_speech_server.audio.segment import PlannedSegment, Planner, PlanOptions
 from granite_speech_server.audio.vad import VadOptions
 from granite_speech_server.config import Settings
 from granite_speech_server.priority import start_thread
@@ -51,7 +51,7 @@ class _Plan:
 
 class Transcriber:
     def __init__(self, engine: SpeechEngine, settings: Settings,
-                 planner: Planner = plan_in_windows, ctc: CtcHead | None = None) -> None:
+                 planner: Planner, ctc: CtcHead | None = None) -> None:
         self.engine = engine
         self.settings = settings
         self.planner = planner

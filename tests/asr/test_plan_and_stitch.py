@@ -19,7 +19,8 @@ def test_join_uses_spaces_except_for_unspaced_scripts():
 
 @pytest.fixture
 def transcriber():
-    return Transcriber(engine=SimpleNamespace(tokenizer=None), settings=Settings(model="m"))
+    return Transcriber(engine=SimpleNamespace(tokenizer=None), settings=Settings(model="m"),
+                       planner=None)  # budgets need no plan
 
 
 def test_budget_grows_with_duration_from_a_floor(transcriber):

@@ -13,7 +13,7 @@ import pytest
 from granite_speech_server.asr.engine import SegmentResult
 from granite_speech_server.asr.transcript import Finished, TextDelta, TokenLogprob, TranscriptionOptions
 from granite_speech_server.audio.features import audio_token_count
-from granite_speech_server.audio.segment import PlannedSegment, PlanOptions
+from granite_speech_server.audio.segment import PlannedSegment, PlanOptions, SpeechPlanner
 from granite_speech_server.asr.transcriber import Transcriber
 from granite_speech_server.config import Settings
 from granite_speech_server.errors import EngineError
@@ -132,9 +132,9 @@ async def test_usage_counts_audio_tokens_once_per_segment():
     assert transcript.usage.seconds == 20
 
 
-async def test_audio_without_speech_makes_no_engine_call():
+async def test_audio_without_speech_makes_no_engine_call(vad_network):
     engine = ScriptedEngine([], [])
-    run = Transcriber(engine, Settings(model="m"))
+    run = Transcriber(engine, Settings(model="m"), SpeechPlanner(vad_network))
     silence = np.zeros(16000 * 5, np.float32)
     transcript = await run.transcribe(silence, TranscriptionOptions())
     events = await collect(run.stream(silence, TranscriptionOptions()))
