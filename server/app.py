@@ -122,7 +122,7 @@ async def _bring_up(state: AppState, *, own_engine: bool) -> None:
         # doesn't pay for the first request.
         await state.transcriber.warm_up()
         memory.freeze_startup_heap()
-        state.ready = True
+        state.phase.started_serving()
         log.info("Ready: serving %s", ", ".join(state.settings.model_names))
     except asyncio.CancelledError:
         raise

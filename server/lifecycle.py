@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 import uvicorn
 
 from granite_speech_server.asr.vllm_engine import VllmEngine
+from granite_speech_server.phase import Phase
 
 if TYPE_CHECKING:
     from granite_speech_server.state import AppState
@@ -113,14 +114,22 @@ def _kill_children(exclude: set[int]) -> None:
 
 
 async def watch_engine(state: AppState) -> None:
-    """Runs for the app's lifetime: notices the engine dying once it served."""
+    """Runs for the app's lifetime, or until the engine died after it served: then the
+    server stops, and there is nothing left to watch."""
     while True:
         await asyncio.sleep(WATCH_INTERVAL_S)
-        engine = state.engine
-        served = state.ready or state.draining
-        if engine is not None and served and not state.engine_failed and not engine.alive:
-            state.engine_failed = True
-            state.fail("The inference engine died")
+        if stop_if_engine_died(state):
+            return
+
+
+def stop_if_engine_died(state: AppState) -> bool:
+    """One look of the watcher: when the engine died once it served, tell the phase
+    and stop the server with exit code 1. True when it did."""
+    engine = state.engine
+    if engine is None or engine.alive or not state.phase.engine_died():
+        return False
+    state.fail("The inference engine died")
+    return True
 
 
 class GracefulServer(uvicorn.Server):
@@ -139,16 +148,16 @@ class GracefulServer(uvicorn.Server):
         self._stop_at = stop_at if self._stop_at is None else min(self._stop_at, stop_at)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if self.state.draining or self.should_exit:
+        if self.state.phase.current is Phase.DRAINING or self.should_exit:
             log.warning("Second %s: stopping without waiting for in-flight requests.",
                         signal.Signals(sig).name)
             self.should_exit = self.force_exit = True
             return
         settings = self.state.settings
-        self.state.draining = True
-        if not self.state.ready:
-            # Never ready: no load balancer routes here, and no request is in flight.
-            log.info("%s during start-up: stopping now.", signal.Signals(sig).name)
+        if not self.state.phase.drain():
+            # Not serving (starting, or the engine died): no load balancer routes here,
+            # and no request can finish.
+            log.info("%s while not serving: stopping now.", signal.Signals(sig).name)
             self.stop()
             return
         log.info("%s: draining. Readiness is 503 and new audio requests are refused; the "

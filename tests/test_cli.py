@@ -22,8 +22,30 @@ OPTIONS = ["--model", "--served-model-name", "--host", "--port", "--max-model-le
 
 
 def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "granite_speech_server", *args], capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "granite_speech_server", *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_the_package_installs_under_its_own_name_not_as_server(tmp_path: Path):
+    """The project's server/ folder is the package granite_speech_server: a top-level
+    "server" module would collide with any other of that name in an environment."""
+    probe = ("import importlib.metadata as md, importlib.util as u, json\n"
+             "import granite_speech_server\n"
+             "eps = md.entry_points()\n"
+             "print(json.dumps({'server': u.find_spec('server') is not None,\n"
+             "  'location': granite_speech_server.__path__[0],\n"
+             "  'scripts': [e.value for e in eps.select(group='console_scripts',\n"
+             "              name='granite-speech-server')],\n"
+             "  'plugins': [e.value for e in eps.select(group='vllm.general_plugins')\n"
+             "              if e.name == 'granite_speech_server']}))")
+    # Outside the checkout, where a server/ folder in the working directory can't help.
+    result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=60, check=True)
+    found = json.loads(result.stdout)
+    assert found["server"] is False
+    assert Path(found["location"]) == Path(__file__).parents[1] / "server"
+    assert found["scripts"] == ["granite_speech_server.__main__:main"]
+    assert found["plugins"] == ["granite_speech_server.vllm_plugin:register"]
 
 
 def test_help_documents_every_option():

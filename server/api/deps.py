@@ -7,7 +7,6 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from granite_speech_server.asr.transcriber import Transcriber
-from granite_speech_server.errors import NotReady
 from granite_speech_server.state import AppState
 
 
@@ -19,9 +18,10 @@ StateDep = Annotated[AppState, Depends(get_state)]
 
 
 def get_transcriber(state: StateDep) -> Transcriber:
-    if not state.ready or state.engine is None or not state.engine.alive:
-        raise NotReady("The model is not ready to serve requests yet; retry shortly.",
-                       headers={"Retry-After": "5"})
+    # The gate admitted the request; the engine may have died since.
+    refusal = state.phase.refusal(admitted=True)
+    if refusal is not None:
+        raise refusal
     return state.transcriber
 
 

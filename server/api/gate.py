@@ -1,15 +1,16 @@
 """The gate in front of the audio endpoints: refuses work the server can't take now
-(draining, not ready, at its concurrency bound) before the body is read, and
-releases the request's admission when its response is over, however it ended:
-completed, failed, timed out, or abandoned by a client mid-stream."""
+(its phase refuses it: not ready, draining, engine dead; or it is at its concurrency
+bound) before the body is read, and releases the request's admission when its
+response is over, however it ended: completed, failed, timed out, or abandoned by a
+client mid-stream."""
 
 from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from granite_speech_server.admission import RETRY_AFTER_S, Ticket
+from granite_speech_server.admission import Ticket
 from granite_speech_server.api.envelope import error_response
-from granite_speech_server.errors import EngineError, NotReady, ServerError, ShuttingDown, TooManyRequests
+from granite_speech_server.errors import ServerError, ShuttingDown, TooManyRequests
 from granite_speech_server.state import AppState
 
 GUARDED_PREFIX = "/v1/audio/"
@@ -49,20 +50,15 @@ class GateMiddleware:
             ticket.release()  # idempotent: covers responses that never ended
 
     def _admit(self) -> Ticket:
-        state, rejections = self.state, self.state.metrics.rejections
-        if state.draining:
-            rejections.labels("shutting_down").inc()
-            raise ShuttingDown("The server is shutting down; retry on another replica.",
-                               headers={"Retry-After": RETRY_AFTER_S})
-        if state.engine_dead:
-            rejections.labels("not_ready").inc()
-            raise EngineError("The inference engine is down; the server is restarting.")
-        if not state.accepting:
-            rejections.labels("not_ready").inc()
-            raise NotReady("The model is not ready to serve requests yet; retry shortly.",
-                           headers={"Retry-After": "5"})
+        rejections = self.state.metrics.rejections
+        refusal = self.state.phase.refusal()
+        if refusal is not None:
+            # Not started and engine dead both count as not_ready, as dashboards read them.
+            reason = "shutting_down" if isinstance(refusal, ShuttingDown) else "not_ready"
+            rejections.labels(reason).inc()
+            raise refusal
         try:
-            return state.admission.admit()
+            return self.state.admission.admit()
         except TooManyRequests:
             rejections.labels("requests").inc()
             raise

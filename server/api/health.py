@@ -6,6 +6,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 
 from granite_speech_server.api.deps import StateDep
+from granite_speech_server.phase import Phase
 
 router = APIRouter(tags=["operations"])
 
@@ -18,15 +19,9 @@ async def health() -> dict[str, str]:
 @router.get("/ready", summary="Readiness: warmed up, engine alive, not shutting down",
             responses={503: {"description": "`starting`, `draining` or `engine_dead`"}})
 async def ready(state: StateDep) -> JSONResponse:
-    if state.accepting:
-        return JSONResponse({"status": "ready"})
-    if state.draining:
-        status = "draining"
-    elif state.engine_dead:
-        status = "engine_dead"
-    else:
-        status = "starting"
-    return JSONResponse({"status": status}, status_code=503)
+    phase = state.phase.current
+    return JSONResponse({"status": phase.value},
+                        status_code=200 if phase is Phase.READY else 503)
 
 
 @router.get("/metrics", summary="Prometheus metrics (text exposition format)",

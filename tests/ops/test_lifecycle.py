@@ -94,8 +94,9 @@ def test_sigterm_drains_finishes_in_flight_work_and_exits_zero(model_dir, tmp_pa
         while time.monotonic() < deadline:
             try:
                 httpx.get(f"{server.url}/health", timeout=2)
-            # Refused, or accepted into the backlog just as the listener closed and dropped.
-            except (httpx.ConnectError, httpx.RemoteProtocolError):
+            # Refused, or accepted into the backlog just as the listener closed and dropped
+            # (closed without an answer, or reset).
+            except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError):
                 listener_closed_while_running = not running.done()
                 break
             time.sleep(0.1)

@@ -16,6 +16,7 @@ import uvicorn
 
 from granite_speech_server import lifecycle
 from granite_speech_server.config import Settings
+from granite_speech_server.phase import Phase
 from granite_speech_server.state import AppState
 
 
@@ -89,10 +90,12 @@ async def test_abandon_after_the_start_finished_leaves_the_engine_to_shut_down(m
 @pytest.mark.parametrize("ready", [False, True])
 def test_sigterm_stops_at_once_before_ready_and_drains_after(ready):
     settings = Settings(model="unused", shutdown_delay_seconds=30)
-    state = AppState(settings=settings, ready=ready)
+    state = AppState(settings=settings)
+    if ready:
+        state.phase.started_serving()
     server = lifecycle.GracefulServer(uvicorn.Config(app=None), state)
     server.handle_exit(signal.SIGTERM, None)
-    assert state.draining
+    assert state.phase.current is Phase.DRAINING
     delay = server._stop_at - time.monotonic()
     if ready:
         assert delay > 20  # the shutdown delay: load balancers see readiness fail first

@@ -311,7 +311,7 @@ async def test_an_engine_dead_before_the_watcher_looks_is_engine_unavailable_eve
         alive = False
 
     app = create_app(Settings(model="m"), engine=DeadEngine())
-    app.state.server.ready = True  # it had served
+    app.state.server.phase.started_serving()  # it had served
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
                                  base_url="http://test") as client:
         ready = await client.get("/ready")
