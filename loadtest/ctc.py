@@ -26,6 +26,8 @@ from granite_speech_server.asr.ctc import CtcHead
 from granite_speech_server.asr.vllm_engine import VllmEngine
 from granite_speech_server.asr.transcriber import Transcriber
 from granite_speech_server.asr.transcript import TranscriptionOptions
+from granite_speech_server.audio.segment import SpeechPlanner
+from granite_speech_server.audio.silero import SileroNetwork
 from granite_speech_server.config import Settings
 from tools.speech_corpus import SAMPLE_RATE, small_heldout_set, word_error_rate
 
@@ -69,10 +71,12 @@ async def main_async(args) -> dict:
     settings = Settings(model=args.model)
     engine = await asyncio.to_thread(VllmEngine.start, settings)
     ctc = await asyncio.to_thread(CtcHead.load, args.model)
+    planner = SpeechPlanner(await asyncio.to_thread(SileroNetwork))
     clips = [c for c in small_heldout_set(n_speech=args.clips, n_empty=0, seed=args.seed)]
     try:
-        plain = Transcriber(engine, settings, ctc=ctc)
-        spec = Transcriber(engine, settings.model_copy(update={"speculative_ctc": True}), ctc=ctc)
+        plain = Transcriber(engine, settings, planner, ctc=ctc)
+        spec = Transcriber(engine, settings.model_copy(update={"speculative_ctc": True}), planner,
+                           ctc=ctc)
         # vLLM caches an audio's encoder output and KV by content: each timed run gets its
         # own copy of the clips (an inaudible dither apart), and both paths are warmed first.
         warm = dithered(clips[:4], seed=0)

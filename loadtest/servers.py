@@ -2,8 +2,9 @@
 
 Ours: ``python -m granite_speech_server``. vLLM's own: ``python -m vllm.entrypoints.openai.api_server``
 in the same environment, with this project's plugin selected through
-``--hf-overrides`` and the dtype ours picks, so engine and audio processor are
-identical and only the serving layer differs.
+``--hf-overrides``, the dtype ours picks and the plugin's engine tuning invited
+(``ENGINE_ENV``, which the server sets for its own engine), so engine and audio
+processor are identical and only the serving layer differs.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 import httpx
 
 from granite_speech_server.asr.vllm_engine import engine_dtype
-from granite_speech_server.vllm_plugin import ARCHITECTURE
+from granite_speech_server.vllm_plugin import ARCHITECTURE, ENGINE_ENV
 
 
 def our_command(model: str, port: int, extra: list[str]) -> list[str]:
@@ -46,9 +47,12 @@ class RunningServer:
 
 @contextlib.contextmanager
 def running(command: list[str], ready_path: str, port: int, log: Path,
-            timeout_s: float = 900) -> Iterator[RunningServer]:
-    """Run a server until the block ends; yield it once ``ready_path`` answers 200."""
+            timeout_s: float = 900, tuned_engine: bool = True) -> Iterator[RunningServer]:
+    """Run a server until the block ends; yield it once ``ready_path`` answers 200.
+    ``tuned_engine``: vLLM's own server, too, runs the plugin's engine-core intake and
+    shared-memory waits (ours always does)."""
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2"),
+           **({ENGINE_ENV: "1"} if tuned_engine else {}),
            # vLLM's own endpoint refuses audio over 600 s and uploads over 25 MB by
            # default; ours allows 2 h and 100 MB. Same limits for both.
            "VLLM_MAX_AUDIO_DECODE_DURATION_S": "7200", "VLLM_MAX_AUDIO_CLIP_FILESIZE_MB": "100"}

@@ -14,7 +14,6 @@ import contextvars
 import datetime
 import json
 import logging
-import os
 import sys
 from typing import Literal
 
@@ -80,9 +79,8 @@ class TextFormatter(logging.Formatter):
 def configure_logging(level: str, log_format: Literal["text", "json"]) -> None:
     """Replace the root logger's handlers with one stderr handler. uvicorn's loggers
     propagate to it (the CLI gives uvicorn no logging config of its own); in JSON
-    mode vLLM's do too, rather than printing their own text format."""
-    if log_format == "json":
-        os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
+    mode vLLM's do too, rather than printing their own text format (the engine's start
+    tells vLLM so: ``granite_speech_server.asr.vllm_engine``)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     handler.addFilter(RequestIdFilter())

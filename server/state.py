@@ -10,6 +10,8 @@ from granite_speech_server.admission import Admission
 from granite_speech_server.asr.ctc import CtcHead
 from granite_speech_server.asr.engine import SpeechEngine
 from granite_speech_server.asr.transcriber import Transcriber
+from granite_speech_server.audio.segment import SpeechPlanner
+from granite_speech_server.audio.silero import SileroNetwork
 from granite_speech_server.config import Settings
 from granite_speech_server.lifecycle import EngineStart
 from granite_speech_server.metrics import Metrics
@@ -24,6 +26,8 @@ class AppState:
     engine: SpeechEngine | None = None
     ctc: CtcHead | None = None
     """The encoder's CTC head beside vLLM, for word timestamps (--word-timestamps)."""
+    vad: SileroNetwork | None = None
+    """The speech detector's network, loaded at start-up."""
     startup_error: BaseException | None = None
     exit_code: int = 0
     """What the process exits with once the HTTP server stopped."""
@@ -47,9 +51,9 @@ class AppState:
 
     @property
     def transcriber(self) -> Transcriber | None:
-        if self.engine is None:
+        if self.engine is None or self.vad is None:
             return None
-        return Transcriber(self.engine, self.settings, ctc=self.ctc)
+        return Transcriber(self.engine, self.settings, SpeechPlanner(self.vad), ctc=self.ctc)
 
     def fail(self, reason: str, exit_code: int = 1) -> None:
         """Stop the server with ``exit_code``, after the shutdown delay (readiness,

@@ -17,6 +17,7 @@ import uvicorn
 from granite_speech_server.app import create_app
 from granite_speech_server.asr.engine import SpeechEngine
 from granite_speech_server.asr.vllm_engine import VllmEngine
+from granite_speech_server.audio.silero import SileroNetwork
 from granite_speech_server.config import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,6 +37,12 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model = tiny_model.build_model(tiny_model.build_config(tokenizer), seed=0)
     tiny_model.save_checkpoint(model, tokenizer, out)
     return out
+
+
+@pytest.fixture(scope="session")
+def vad_network() -> SileroNetwork:
+    """Silero VAD's network, loaded once and handed in, as the app does at start-up."""
+    return SileroNetwork()
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -132,17 +133,21 @@ def test_the_engine_spin_and_gather_reach_the_engine_processes(monkeypatch):
     environment, where the plugin reads them (``shm_wait``, ``intake``); unset, the
     plugin picks the host's defaults."""
     from granite_speech_server.asr.vllm_engine import _configure_engine_environment
-    from granite_speech_server.vllm_plugin import intake, shm_wait
+    from granite_speech_server.vllm_plugin import ENGINE_ENV, intake, shm_wait, started_by_this_server
 
-    monkeypatch.delenv(shm_wait.SPIN_MS_ENV, raising=False)
-    monkeypatch.delenv(intake.GATHER_MS_ENV, raising=False)
+    for name in (shm_wait.SPIN_MS_ENV, intake.GATHER_MS_ENV, ENGINE_ENV, "VLLM_CONFIGURE_LOGGING"):
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "2")
     _configure_engine_environment(Settings(model="m"))
+    assert started_by_this_server()
+    assert "VLLM_CONFIGURE_LOGGING" not in os.environ  # text logs: vLLM prints its own
     assert shm_wait.spin_ms_for_this_host() == shm_wait.CPU_SPIN_MS  # this host has no GPU
     assert intake.configured_gather_ms() == intake.DEFAULT_GATHER_MS
     _configure_engine_environment(Settings(model="m", engine_spin_ms=1000, engine_gather_ms=0))
     assert shm_wait.spin_ms_for_this_host() == 1000
     assert intake.configured_gather_ms() == 0
+    _configure_engine_environment(Settings(model="m", log_format="json"))
+    assert os.environ["VLLM_CONFIGURE_LOGGING"] == "0"  # vLLM's records reach our handler
 
 
 @pytest.mark.parametrize(

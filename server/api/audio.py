@@ -22,6 +22,7 @@ from granite_speech_server.api.context import RequestContext, request_context
 from granite_speech_server.api.deadline import iterate_within, within
 from granite_speech_server.api.deps import StateDep, TranscriberDep
 from granite_speech_server.api.gate import TICKET_KEY
+from granite_speech_server.api.upload_limit import InMemoryUploadRoute
 from granite_speech_server.asr.transcriber import Transcriber
 from granite_speech_server.asr.transcript import Finished, TextDelta, TranscriptEvent, TranscriptionOptions
 from granite_speech_server.audio.decode import HEAD_S, DecodedAudio, decode_audio
@@ -33,7 +34,7 @@ from granite_speech_server.formats.sse import event_stream
 from granite_speech_server.metrics import Metrics
 from granite_speech_server.state import AppState
 
-router = APIRouter(tags=["audio"])
+router = APIRouter(tags=["audio"], route_class=InMemoryUploadRoute)
 
 RESPONSES = {
     200: {

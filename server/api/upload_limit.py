@@ -1,4 +1,5 @@
-"""Bounds on the request body, enforced while it streams in.
+"""Bounds on the request body, enforced while it streams in; and where an upload waits
+for its route: in memory, up to ``IN_MEMORY_UPLOAD_BYTES``.
 
 A declared ``Content-Length`` over the limit is refused before a byte of the body
 is read. Otherwise the bytes are counted as the app receives them; the moment
@@ -12,9 +13,15 @@ closes it after the response).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
+from contextlib import aclosing
 
-from starlette.datastructures import Headers
-from starlette.formparsers import MultiPartParser
+from fastapi import Request, Response
+from fastapi.routing import APIRoute
+from python_multipart.multipart import parse_options_header
+from starlette.datastructures import FormData, Headers
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from granite_speech_server.api.context import CONTEXT_KEY, RequestContext
@@ -32,7 +39,44 @@ Starlette's default (1 MB) rolls anything larger to a temporary file, written an
 back a 64 KB chunk at a time through the thread pool: ~40 ms for a 19 MB WAV, all of it
 before the first text of a stream."""
 
-MultiPartParser.spool_max_size = IN_MEMORY_UPLOAD_BYTES
+
+class InMemoryUploadParser(MultiPartParser):
+    spool_max_size = IN_MEMORY_UPLOAD_BYTES
+
+
+class InMemoryUploadRequest(Request):
+    """A request whose multipart form is parsed by ``InMemoryUploadParser``.
+
+    Starlette takes no spool size from its callers, and its parser's class attribute is
+    every app's in the process: the routes that want uploads in memory get this request
+    (``InMemoryUploadRoute``), and Starlette's parser is left as it is."""
+
+    async def _get_form(self, *, max_files: int | float = 1000, max_fields: int | float = 1000,
+                        max_part_size: int = 1024 * 1024) -> FormData:
+        content_type, _ = parse_options_header(self.headers.get("content-type"))
+        if self._form is None and content_type == b"multipart/form-data":
+            try:
+                async with aclosing(self.stream()) as stream:
+                    self._form = await InMemoryUploadParser(
+                        self.headers, stream, max_files=max_files, max_fields=max_fields,
+                        max_part_size=max_part_size).parse()
+            except MultiPartException as exc:  # as Starlette answers it
+                raise HTTPException(status_code=400, detail=exc.message) from exc
+        return await super()._get_form(max_files=max_files, max_fields=max_fields,
+                                       max_part_size=max_part_size)
+
+
+class InMemoryUploadRoute(APIRoute):
+    """A route that keeps uploads up to ``IN_MEMORY_UPLOAD_BYTES`` in memory (FastAPI's
+    way to give a route its own request class: ``APIRouter(route_class=...)``)."""
+
+    def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
+        handle = super().get_route_handler()
+
+        async def handle_in_memory(request: Request) -> Response:
+            return await handle(InMemoryUploadRequest(request.scope, request.receive))
+
+        return handle_in_memory
 
 
 class UploadLimitMiddleware:

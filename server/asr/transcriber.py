@@ -39,7 +39,7 @@ from granite_speech_server.asr.transcript import (
 )
 from granite_speech_server.audio.features import SAMPLE_RATE
 from granite_speech_server.audio.progressive import DecodingAudio
-from granite_speech_server.audio.segment import PlannedSegment, Planner, plan_in_windows
+from granite_speech_server.audio.segment import PlannedSegment, Planner
 from granite_speech_server.config import Settings
 
 
@@ -53,7 +53,7 @@ class _Plan:
 
 class Transcriber:
     def __init__(self, engine: SpeechEngine, settings: Settings,
-                 planner: Planner = plan_in_windows, ctc: CtcHead | None = None) -> None:
+                 planner: Planner, ctc: CtcHead | None = None) -> None:
         self.engine = engine
         self.settings = settings
         self.planner = planner

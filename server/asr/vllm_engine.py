@@ -28,7 +28,7 @@ from granite_speech_server.audio.features import (
 )
 from granite_speech_server.config import Settings
 from granite_speech_server.errors import EngineError
-from granite_speech_server.vllm_plugin import ARCHITECTURE, intake, shm_wait
+from granite_speech_server.vllm_plugin import ARCHITECTURE, ENGINE_ENV, intake, shm_wait
 
 log = logging.getLogger(__name__)
 
@@ -155,8 +155,8 @@ class VllmEngine:
     @classmethod
     def start(cls, settings: Settings) -> VllmEngine:
         """Build the engine (blocking: loads weights and spawns the engine core)."""
+        _configure_engine_environment(settings)  # before vLLM is imported
         checkpoint = check_granite_speech(settings.model)
-        _configure_engine_environment(settings)
         from vllm.v1.engine.async_llm import AsyncLLM
 
         load = SchedulerLoad()
@@ -310,14 +310,22 @@ def _segment_result(output, score_last: int = 0) -> SegmentResult:
 
 
 def _configure_engine_environment(settings: Settings) -> None:
-    """On a CPU-only machine vLLM needs the KV cache size up front. The engine's
-    processes read their busy-wait (``shm_wait``) and intake (``intake``) from the
-    environment."""
+    """The server's one write to ``os.environ``, made before vLLM is imported: vLLM reads
+    its own settings from there, and the engine's processes inherit it.
+
+    ``ENGINE_ENV`` tells the plugin in those processes that they are this server's engine,
+    the only vLLM run whose internals it changes; their busy-wait (``shm_wait``) and
+    intake (``intake``) settings go with it. On a CPU-only machine vLLM needs the KV cache
+    size up front. With JSON logs, vLLM's loggers propagate to the server's one handler
+    rather than print in their own text format (vLLM decides when it is imported)."""
     import torch
 
+    os.environ[ENGINE_ENV] = "1"
     if settings.engine_spin_ms is not None:
         os.environ[shm_wait.SPIN_MS_ENV] = f"{settings.engine_spin_ms}"
     if settings.engine_gather_ms is not None:
         os.environ[intake.GATHER_MS_ENV] = f"{settings.engine_gather_ms}"
     if not torch.cuda.is_available():
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{settings.cpu_kv_cache_gib}")
+    if settings.log_format == "json":
+        os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")

@@ -19,7 +19,8 @@ import numpy as np
 
 from granite_speech_server.audio.features import SAMPLE_RATE
 from granite_speech_server.audio.progressive import DecodingAudio
-from granite_speech_server.audio.vad import SpeechDetector, VadOptions, speech_regions
+from granite_speech_server.audio.silero import SileroNetwork
+from granite_speech_server.audio.vad import SpeechDetector, VadOptions
 
 QUIET_WINDOW = SAMPLE_RATE // 20
 """Energy is compared over 50 ms windows when looking for the quietest cut."""
@@ -64,7 +65,7 @@ Detector = Callable[[np.ndarray, VadOptions], list[tuple[int, int]]]
 
 
 Planner = Callable[[DecodingAudio, PlanOptions], Iterator[list["PlannedSegment"]]]
-"""A file's plan in batches, in audio order (``plan_in_windows``)."""
+"""A file's plan in batches, in audio order (``SpeechPlanner``)."""
 
 
 class WindowDetector(Protocol):
@@ -72,8 +73,22 @@ class WindowDetector(Protocol):
         """Speech in ``audio[start:end]``, as file offsets."""
 
 
+@dataclass(frozen=True)
+class SpeechPlanner:
+    """The server's ``Planner``: ``plan_in_windows``, with Silero VAD finding the speech.
+    ``network`` is loaded once, by the app, and shared by every request."""
+
+    network: SileroNetwork
+
+    def __call__(self, audio: np.ndarray | DecodingAudio,
+                 options: PlanOptions) -> Iterator[list[PlannedSegment]]:
+        source = DecodingAudio.of(audio)
+        yield from plan_in_windows(source, options,
+                                   SpeechDetector(source, options.vad, self.network))
+
+
 def plan_segments(audio: np.ndarray, options: PlanOptions,
-                  detect: Detector = speech_regions) -> list[PlannedSegment]:
+                  detect: Detector) -> list[PlannedSegment]:
     """The whole file's plan at once. CPU-bound (runs the VAD): call from a worker thread."""
     return plan_regions(audio, detect(audio, options.vad), options)
 
@@ -161,7 +176,7 @@ def pad(regions: Sequence[tuple[int, int]], total: int, padding: int,
 
 
 def plan_in_windows(audio: np.ndarray | DecodingAudio, options: PlanOptions,
-                    detector: WindowDetector | None = None) -> Iterator[list[PlannedSegment]]:
+                    detector: WindowDetector) -> Iterator[list[PlannedSegment]]:
     """The plan of a file in batches, in audio order, each ready as soon as its window of
     audio is decoded and analysed. Every request plans this way, so a stream and a plain
     request cut a file identically. CPU-bound (and waits for the decoder): iterate from
@@ -172,7 +187,6 @@ def plan_in_windows(audio: np.ndarray | DecodingAudio, options: PlanOptions,
     a still-running speech run reaches less far). The next window starts where the last
     kept segment's audio ends, in a pause or at a cut the plan made."""
     source = DecodingAudio.of(audio)
-    detector = detector or SpeechDetector(source, options.vad)
     margin = edge_margin(options)
     start, window = 0, max(int(FIRST_WINDOW_S * SAMPLE_RATE), 2 * margin)
     while start < (decoded := len(audio := source.until(start + window))):

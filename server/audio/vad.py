@@ -4,11 +4,14 @@ The network runs a block of frames per call (``granite_speech_server.audio.siler
 time on one core, where the package's frame-by-frame loop manages ~100x and its
 ONNX sequence model ~900x), inside GIL-releasing torch kernels. CPU-bound: call
 from a worker thread, never the event loop.
+
+The network is loaded once by whoever runs the detector (the app at start-up, like
+the CTC head) and handed in; its weights are shared by every file and thread, each
+file's recurrent state is its own.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -45,11 +48,6 @@ class VadOptions:
     """Shorter blips are not speech (clicks, breaths)."""
 
 
-@functools.cache
-def _network() -> SileroNetwork:
-    return SileroNetwork()
-
-
 class SpeechDetector:
     """Speech regions of one file, window by window, as the plan asks for them.
 
@@ -63,15 +61,17 @@ class SpeechDetector:
     missing. So Silero hears the audio levelled: each stretch raised towards a common
     level (``level_gains``); noise alone, raised, still reads as noise."""
 
-    def __init__(self, audio: np.ndarray | DecodingAudio, options: VadOptions) -> None:
+    def __init__(self, audio: np.ndarray | DecodingAudio, options: VadOptions,
+                 network: SileroNetwork) -> None:
         self.audio = DecodingAudio.of(audio)
         self.options = options
+        self.network = network
         # A function of the audio alone: a generator method would hold the detector, which
         # holds the generator, and that cycle (with the whole recording) would wait for
         # the garbage collector's rare full pass instead of going with the request.
         self._blocks = levelled_blocks(self.audio)
         self._probs: list[np.ndarray] = []
-        self._state = _network().initial_state()
+        self._state = network.initial_state()
         self._num_frames = 0
 
     def regions(self, start: int, end: int) -> list[tuple[int, int]]:
@@ -98,12 +98,11 @@ class SpeechDetector:
         return self._end_at_last_speech(regions, probs, origin, end)
 
     def _probabilities(self, frames: int) -> np.ndarray:
-        network = _network()
         while self._num_frames < frames:
             block = next(self._blocks, None)
             if block is None:
                 break
-            values, self._state = network(block, self._state)
+            values, self._state = self.network(block, self._state)
             self._probs.append(values)
             self._num_frames += len(self._probs[-1])
         if len(self._probs) > 1:
@@ -172,6 +171,7 @@ def level_gains(audio: np.ndarray, start: int, end: int) -> np.ndarray:
     return curve[start - lo * LEVEL_HOP : end - lo * LEVEL_HOP]
 
 
-def speech_regions(audio: np.ndarray, options: VadOptions) -> list[tuple[int, int]]:
+def speech_regions(audio: np.ndarray, options: VadOptions,
+                   network: SileroNetwork) -> list[tuple[int, int]]:
     """[(start, end)] sample ranges of speech in 16 kHz mono audio."""
-    return SpeechDetector(audio, options).regions(0, audio.size)
+    return SpeechDetector(audio, options, network).regions(0, audio.size)

@@ -19,6 +19,7 @@ import logging
 import os
 import queue
 import time
+from collections.abc import Callable
 
 GATHER_MS_ENV = "GRANITE_SPEECH_ENGINE_GATHER_MS"
 """Set by the server from ``--engine-gather-ms``; read in the engine core's process."""
@@ -63,9 +64,9 @@ def gathering(vllm_take, gather_s: float):
     return take
 
 
-def take_burst(core, gather_s: float) -> None:
-    deadline = time.monotonic() + MAX_GATHER_ROUNDS * gather_s
-    while (left := deadline - time.monotonic()) > 0:
+def take_burst(core, gather_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+    deadline = clock() + MAX_GATHER_ROUNDS * gather_s
+    while (left := deadline - clock()) > 0:
         try:
             request = core.input_queue.get(timeout=min(gather_s, left))
         except queue.Empty:

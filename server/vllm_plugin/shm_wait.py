@@ -24,7 +24,7 @@ import os
 import time
 
 SPIN_MS_ENV = "GRANITE_SPEECH_ENGINE_SPIN_MS"
-"""Set by the server from ``--engine-spin-ms``; read in every vLLM process."""
+"""Set by the server from ``--engine-spin-ms``; read in each process of its engine."""
 CPU_SPIN_MS = 2.0
 """The default on CPU: a step's reply from the other process within 2 ms (the worker's
 next scheduler output, usually) is still caught by the spin."""

@@ -27,7 +27,8 @@ def test_join_uses_spaces_except_for_unspaced_scripts():
 @pytest.fixture
 def transcriber():
     engine = SimpleNamespace(tokenizer=None, audio_tokens=audio_token_count)
-    return Transcriber(engine=engine, settings=Settings(model="m"))
+    return Transcriber(engine=engine, settings=Settings(model="m"),
+                       planner=None)  # budgets need no plan
 
 
 def test_budget_grows_with_duration_from_a_floor(transcriber):

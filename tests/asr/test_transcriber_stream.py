@@ -13,7 +13,7 @@ import pytest
 from granite_speech_server.asr.engine import SegmentResult
 from granite_speech_server.asr.transcript import Finished, TextDelta, TokenLogprob, TranscriptionOptions
 from granite_speech_server.audio.features import audio_token_count
-from granite_speech_server.audio.segment import PlannedSegment, PlanOptions
+from granite_speech_server.audio.segment import PlannedSegment, PlanOptions, SpeechPlanner
 from granite_speech_server.asr.transcriber import Transcriber
 from granite_speech_server.config import Settings
 from granite_speech_server.errors import EngineError
@@ -169,8 +169,8 @@ async def test_the_output_budget_reserves_the_engines_audio_tokens():
 
     settings = Settings(model="m", max_model_len=430)  # the context, not speech, bounds both
     prompt_tokens = 17
-    formula = Transcriber(ScriptedEngine([], []), settings).output_budget(16000 * 20, prompt_tokens)
-    doubled = Transcriber(CountsDouble([], []), settings).output_budget(16000 * 20, prompt_tokens)
+    formula = Transcriber(ScriptedEngine([], []), settings, planner=None).output_budget(16000 * 20, prompt_tokens)
+    doubled = Transcriber(CountsDouble([], []), settings, planner=None).output_budget(16000 * 20, prompt_tokens)
     assert formula == 430 - (prompt_tokens - 1) - audio_token_count(16000 * 20)
     assert doubled == formula - audio_token_count(16000 * 20)
 
@@ -190,9 +190,9 @@ async def test_a_failed_plan_ends_the_stream_after_the_segments_before_it():
     assert "".join(e.text for e in received) == "a b c d"
 
 
-async def test_audio_without_speech_makes_no_engine_call():
+async def test_audio_without_speech_makes_no_engine_call(vad_network):
     engine = ScriptedEngine([], [])
-    run = Transcriber(engine, Settings(model="m"))
+    run = Transcriber(engine, Settings(model="m"), SpeechPlanner(vad_network))
     silence = np.zeros(16000 * 5, np.float32)
     transcript = await run.transcribe(silence, TranscriptionOptions())
     events = await collect(run.stream(silence, TranscriptionOptions()))

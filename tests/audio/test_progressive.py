@@ -14,7 +14,7 @@ import soundfile as sf
 
 from granite_speech_server.audio.decode import decode_audio
 from granite_speech_server.audio.progressive import HOLD_BACK, DecodeCancelled, DecodingAudio
-from granite_speech_server.audio.segment import PlanOptions, plan_in_windows
+from granite_speech_server.audio.segment import PlanOptions, SpeechPlanner
 from granite_speech_server.errors import AudioTooLong
 from tests.audio_samples import flac_declaring
 
@@ -131,7 +131,7 @@ def test_closing_stops_the_decoding_thread(encoded, long_wav):
     assert decoded.audio.total is None  # stopped, not finished
 
 
-def test_the_plan_of_audio_still_decoding_is_the_plan_of_the_whole(long_wav):
+def test_the_plan_of_audio_still_decoding_is_the_plan_of_the_whole(long_wav, vad_network):
     whole = decode_audio(long_wav.read_bytes()).samples
     arriving = DecodingAudio(capacity=SR)
 
@@ -143,9 +143,10 @@ def test_the_plan_of_audio_still_decoding_is_the_plan_of_the_whole(long_wav):
 
     writer = threading.Thread(target=write_slowly)
     writer.start()
-    planned = [s for batch in plan_in_windows(arriving, PlanOptions()) for s in batch]
+    plan = SpeechPlanner(vad_network)
+    planned = [s for batch in plan(arriving, PlanOptions()) for s in batch]
     writer.join()
-    expected = [s for batch in plan_in_windows(whole, PlanOptions()) for s in batch]
+    expected = [s for batch in plan(whole, PlanOptions()) for s in batch]
     assert len(expected) >= 20 and planned == expected
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gc
 import weakref
 from pathlib import Path
@@ -11,7 +12,13 @@ import pytest
 import soxr
 
 from granite_speech_server.audio.progressive import DecodingAudio
-from granite_speech_server.audio.segment import PlanOptions, edge_margin, plan_in_windows, plan_segments
+from granite_speech_server.audio.segment import (
+    PlanOptions,
+    SpeechPlanner,
+    edge_margin,
+    plan_in_windows,
+    plan_segments,
+)
 from granite_speech_server.audio.vad import MAX_GAIN, SpeechDetector, VadOptions, level_gains, speech_regions
 from tests.audio_samples import synthesize_speech
 
@@ -108,18 +115,19 @@ def utterances(tmp_path_factory) -> tuple[np.ndarray, list[tuple[float, float]]]
     return np.concatenate(pieces), truth
 
 
-def test_silero_finds_each_phrase_within_a_fifth_of_a_second(utterances):
+def test_silero_finds_each_phrase_within_a_fifth_of_a_second(utterances, vad_network):
     audio, truth = utterances
-    found = speech_regions(audio, VadOptions())
+    found = speech_regions(audio, VadOptions(), vad_network)
     assert len(found) == len(truth)
     for (start, end), (true_start, true_end) in zip(found, truth):
         assert abs(start / SR - true_start) < 0.2
         assert abs(end / SR - true_end) < 0.2
 
 
-def test_real_plan_keeps_phrases_apart_and_merges_the_short_one(utterances):
+def test_real_plan_keeps_phrases_apart_and_merges_the_short_one(utterances, vad_network):
     audio, truth = utterances
-    segments = plan_segments(audio, PlanOptions(min_segment_s=1.0, max_merge_gap_s=2.0))
+    segments = plan_segments(audio, PlanOptions(min_segment_s=1.0, max_merge_gap_s=2.0),
+                             detect=functools.partial(speech_regions, network=vad_network))
     starts = [s.start / SR for s in segments]
     assert len(segments) == 2, seconds(segments)
     assert abs(starts[0] - truth[0][0]) < 0.3
@@ -211,10 +219,10 @@ def loud_and_quiet(tmp_path_factory) -> tuple[np.ndarray, list[tuple[float, bool
     return np.concatenate(pieces) + noise, truth
 
 
-def test_a_quiet_speaker_after_loud_ones_is_still_speech(loud_and_quiet):
+def test_a_quiet_speaker_after_loud_ones_is_still_speech(loud_and_quiet, vad_network):
     """Silero's state, left to itself, takes the quiet phrases for background here."""
     audio, truth = loud_and_quiet
-    found = [start / SR for start, _ in speech_regions(audio, VadOptions())]
+    found = [start / SR for start, _ in speech_regions(audio, VadOptions(), vad_network)]
     for start, quiet in truth:
         assert min(abs(start - f) for f in found) < 0.3, (start, quiet)
     assert len(found) == len(truth)
@@ -232,25 +240,25 @@ def test_levelling_leaves_loud_audio_alone_and_caps_the_gain():
         assert np.array_equal(level_gains(mixed, start, end), whole[start:end])
 
 
-def test_silero_windows_hear_the_file_as_a_whole(utterances):
+def test_silero_windows_hear_the_file_as_a_whole(utterances, vad_network):
     """Its state runs through the file: a window sees what the whole-file pass sees."""
     audio, _ = utterances
     long_audio = np.tile(audio, 4)
-    whole = speech_regions(long_audio, VadOptions())
-    detector = SpeechDetector(long_audio, VadOptions())
+    whole = speech_regions(long_audio, VadOptions(), vad_network)
+    detector = SpeechDetector(long_audio, VadOptions(), vad_network)
     half = long_audio.size // 2
     windowed = detector.regions(0, half) + detector.regions(half, long_audio.size)
     inner = [r for r in whole if r[1] < half - SR or r[0] > half + SR]
     assert all(r in windowed for r in inner)
 
 
-def test_noise_and_silence_have_no_speech():
+def test_noise_and_silence_have_no_speech(vad_network):
     noise = np.random.default_rng(2).normal(0, 0.01, 10 * SR).astype(np.float32)
-    assert speech_regions(noise, VadOptions()) == []
-    assert speech_regions(np.zeros(5 * SR, np.float32), VadOptions()) == []
+    assert speech_regions(noise, VadOptions(), vad_network) == []
+    assert speech_regions(np.zeros(5 * SR, np.float32), VadOptions(), vad_network) == []
 
 
-def test_a_planned_recording_is_freed_without_the_garbage_collector(utterances):
+def test_a_planned_recording_is_freed_without_the_garbage_collector(utterances, vad_network):
     """No reference cycle holds a request's audio: one would wait for the collector's full
     pass, minutes apart under load, and each kept a whole recording (the server's memory
     climbed ~1.5 GB between passes, when the VAD's block generator held its detector)."""
@@ -258,9 +266,24 @@ def test_a_planned_recording_is_freed_without_the_garbage_collector(utterances):
     freed = weakref.ref(audio)
     gc.disable()
     try:
-        batches = list(plan_in_windows(audio, PlanOptions()))
+        batches = list(SpeechPlanner(vad_network)(audio, PlanOptions()))
         assert len(batches) > 1, "the real detector planned several windows of speech"
         del audio, batches
         assert freed() is None
     finally:
         gc.enable()
+
+
+def test_files_sharing_the_network_keep_their_own_state(utterances, vad_network):
+    """One network serves every request at once: a file's recurrent state is its own, so
+    another file detected in between changes nothing."""
+    audio, _ = utterances
+    other = np.random.default_rng(3).normal(0, 0.3, audio.size).astype(np.float32)
+    half = audio.size // 2
+    alone = SpeechDetector(audio, VadOptions(), vad_network)
+    expected = alone.regions(0, half) + alone.regions(half, audio.size)
+    interleaved = SpeechDetector(audio, VadOptions(), vad_network)
+    found = interleaved.regions(0, half)
+    SpeechDetector(other, VadOptions(), vad_network).regions(0, other.size)
+    found += interleaved.regions(half, audio.size)
+    assert found == expected and len(found) >= 2

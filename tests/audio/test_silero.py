@@ -7,12 +7,12 @@ import soxr
 from silero_vad import load_silero_vad
 from silero_vad.sequence_vad import frame_blocks
 
-from granite_speech_server.audio.silero import CONTEXT, FRAME, STATE_SHAPE, SileroNetwork
+from granite_speech_server.audio.silero import CONTEXT, FRAME, STATE_SHAPE
 
 SR = 16000
 
 
-def test_probabilities_match_the_packages_onnx_model_block_after_block(speech):
+def test_probabilities_match_the_packages_onnx_model_block_after_block(speech, vad_network):
     """Speech, then silence and noise, then speech again, over several blocks: the LSTM
     state carried from block to block must be carried the same way."""
     samples, rate = speech
@@ -23,7 +23,7 @@ def test_probabilities_match_the_packages_onnx_model_block_after_block(speech):
     assert len(blocks) >= 3
 
     session = load_silero_vad(sequence=True).session
-    network = SileroNetwork()
+    network = vad_network
     h = c = np.zeros(STATE_SHAPE, np.float32)
     state = network.initial_state()
     expected, ours = [], []

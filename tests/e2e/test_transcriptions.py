@@ -29,7 +29,8 @@ async def engine_text(engine, settings, audio_bytes: bytes) -> tuple[str, int]:
     """What the engine itself says for this upload, bypassing HTTP and the transcriber."""
     samples = decode_audio(audio_bytes).samples
     prompt_ids = render_prompt(engine.tokenizer, transcribe_instruction())
-    budget = Transcriber(engine, settings).output_budget(len(samples), len(prompt_ids))
+    budget = Transcriber(engine, settings, planner=None).output_budget(len(samples),
+                                                                 len(prompt_ids))
     result = None
     async for result in engine.generate(SegmentRequest(prompt_ids, samples, budget)):
         pass

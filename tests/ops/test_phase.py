@@ -130,9 +130,10 @@ class Server:
 
 
 @pytest.fixture
-def server() -> Server:
+def server(vad_network) -> Server:
     engine = StandInEngine()
     app = create_app(Settings(model="m", shutdown_delay_seconds=DELAY_S), engine=engine)
+    app.state.server.vad = vad_network  # as the bring-up, which these cases skip, loads it
     shutdowns: list[float] = []
     app.state.server.request_shutdown = lambda after_s=0.0: shutdowns.append(after_s)
     return Server(app, app.state.server, engine, shutdowns)

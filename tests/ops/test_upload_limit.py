@@ -11,8 +11,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from starlette.formparsers import MultiPartParser
+from starlette.requests import Request
 
+from granite_speech_server.api.upload_limit import IN_MEMORY_UPLOAD_BYTES, InMemoryUploadParser, InMemoryUploadRequest
 from tests.conftest import live_server
 from tests.ops.conftest import MODEL, assert_envelope, headers_only, long_speech_wav
 
@@ -58,6 +59,47 @@ async def test_httpx_and_the_sdk_see_the_413(settings, engine, speech):
         assert refused.value.status_code == 413
 
 
+def _multipart_request(request_class: type[Request], upload: bytes) -> Request:
+    boundary = "b0undary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
+            f"filename=\"a.wav\"\r\n\r\n").encode() + upload + f"\r\n--{boundary}--\r\n".encode()
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive():
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    scope = {"type": "http", "method": "POST", "path": AUDIO, "headers": [
+        (b"content-type", f"multipart/form-data; boundary={boundary}".encode()),
+        (b"content-length", str(len(body)).encode())]}
+    return request_class(scope, receive)
+
+
+@pytest.mark.parametrize(("request_class", "in_memory"),
+                         [(InMemoryUploadRequest, True), (Request, False)])
+async def test_the_audio_routes_keep_uploads_in_memory(request_class, in_memory):
+    """Starlette rolls an upload over 1 MB to a temporary file; the audio routes' request
+    keeps it in memory up to ``IN_MEMORY_UPLOAD_BYTES``, where it is read right after."""
+    upload = os.urandom(3 * 2**20)
+    assert len(upload) < IN_MEMORY_UPLOAD_BYTES
+    request = _multipart_request(request_class, upload)
+    async with request.form() as form:
+        spooled = form["file"].file
+        assert spooled._rolled is not in_memory
+        assert await form["file"].read() == upload
+
+
+def test_importing_the_server_leaves_starlettes_parser_as_it_is():
+    import subprocess
+    import sys
+
+    script = ("from starlette.formparsers import MultiPartParser as P; before = P.spool_max_size; "
+              "import granite_speech_server.app, granite_speech_server.__main__; "
+              "print(before, P.spool_max_size)")
+    before, after = subprocess.run([sys.executable, "-c", script], capture_output=True,
+                                   text=True, check=True).stdout.split()
+    assert after == before
+
+
 @pytest.fixture
 def spool_dir(tmp_path, monkeypatch) -> Path:
     """Where this process's temporary files go during the test. Starlette spools uploads
@@ -66,7 +108,7 @@ def spool_dir(tmp_path, monkeypatch) -> Path:
     spool = tmp_path / "spool"
     spool.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(spool))
-    monkeypatch.setattr(MultiPartParser, "spool_max_size", 2**20)
+    monkeypatch.setattr(InMemoryUploadParser, "spool_max_size", 2**20)
     return spool
 
 
