@@ -50,6 +50,7 @@ def test_bench_without_matplotlib_stops_before_its_comparison(tmp_path):
     ["loadtest.frontend"],
     ["loadtest.ctc"],
     ["loadtest.startup", "--request", "10"],
+    ["loadtest.timeout"],
 ], ids=lambda argv: argv[0])
 def test_each_entry_point_names_the_missing_commands_first(tmp_path, entry_point):
     """No espeak-ng, flite or ffmpeg on the PATH (a server-only install has none)."""
