@@ -37,8 +37,8 @@ def require(entry_point: str, modules: Iterable[str] = (),
     absent = missing(modules, commands)
     if absent:
         print(f"{entry_point} needs {', '.join(absent)}, missing from this environment.\n"
-              f"Install them with `{INSTALL_TARGET}` (the server with its bench extra into "
-              ".venv, and the system tools), then run it again with .venv/bin/python.",
+              f"`{INSTALL_TARGET}` installs them (the server with its bench extra into "
+              ".venv, and the system tools); then run it again with .venv/bin/python.",
               file=sys.stderr)
         raise SystemExit(EXIT_CODE)
 

@@ -62,6 +62,15 @@ def test_each_entry_point_names_the_missing_commands_first(tmp_path, entry_point
     assert not (tmp_path / "out").exists()
 
 
+def test_the_locust_workload_names_the_missing_commands_before_it_runs(tmp_path):
+    ran = run_blocking("locust", [], "-f", str(ROOT / "loadtest" / "locustfile.py"),
+                       "--headless", "-u", "1", "-t", "1s", "--host", "http://127.0.0.1:9",
+                       env={**os.environ, "PATH": str(tmp_path)})
+    assert ran.returncode == 2, ran.stderr[-3000:]
+    assert "locustfile.py needs espeak-ng, flite, ffmpeg" in ran.stderr
+    assert INSTALL_TARGET in ran.stderr
+
+
 def test_require_names_every_missing_thing_at_once(monkeypatch, capsys, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.setitem(sys.modules, "matplotlib", None)
