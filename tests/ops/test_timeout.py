@@ -29,19 +29,23 @@ def long_upload(speech) -> bytes:
     return long_speech_wav(speech, 1200)
 
 
-class EndingsCounted:
-    """The engine, counting its segment requests by how they ended: run to their last
-    result, or closed early (which aborts them in vLLM)."""
+class SegmentsCounted:
+    """The engine, counting the segment requests the flow starts and how each ended: run
+    to its last result, or closed early (which aborts it in vLLM)."""
 
     def __init__(self, engine) -> None:
         self._engine = engine
-        self.completed = 0
-        self.aborted = 0
+        self.started = self.completed = self.aborted = 0
+
+    @property
+    def running(self) -> int:
+        return self.started - self.completed - self.aborted
 
     def __getattr__(self, name: str):
         return getattr(self._engine, name)
 
     async def generate(self, request, request_id=None):
+        self.started += 1
         completed = False
         try:
             async for result in self._engine.generate(request, request_id):
@@ -52,6 +56,14 @@ class EndingsCounted:
                 self.completed += 1
             else:
                 self.aborted += 1
+
+
+def assert_work_stopped_with_the_answer(counted: SegmentsCounted) -> None:
+    """The answer is the end of the request's engine work: every segment request it had
+    started was over by then (the timeout cancels the flow before it answers), none left
+    running on."""
+    assert counted.started > 0, "precondition: the upload reached the engine in time"
+    assert counted.running == 0
 
 
 async def engine_idle(engine, deadline_s: float = 60) -> bool:
@@ -67,19 +79,18 @@ async def test_a_request_past_its_timeout_gets_504_and_its_engine_work_stops(
         settings, engine, long_upload):
     strict = settings.model_copy(update={"max_segment_seconds": 2.0,
                                          "request_timeout_seconds": TIMEOUT_S})
-    counted = EndingsCounted(engine)
+    counted = SegmentsCounted(engine)
     async with live_server(strict, counted) as url, \
             httpx.AsyncClient(base_url=url, timeout=120) as client:
         started = time.monotonic()
         response = await client.post(AUDIO, files={"file": ("long.wav", long_upload)},
                                      data={"model": MODEL})
         elapsed = time.monotonic() - started
+        assert_work_stopped_with_the_answer(counted)
         assert_envelope(response, 504, "request_timeout", "server_error")
         assert elapsed >= TIMEOUT_S  # not before its deadline
         assert await engine_idle(engine)
         samples = await metrics(client)
-    # Cut short, not left to finish: the upload is far more work than its timeout allows.
-    assert counted.aborted > 0
     assert value(samples, "granite_speech_requests_total", endpoint=AUDIO, method="POST",
                  status="504", response_format="json") == 1
     assert value(samples, "granite_speech_audio_transcribed_seconds_total", endpoint=AUDIO) == 0
@@ -90,16 +101,16 @@ async def test_a_stream_past_its_timeout_ends_with_an_error_event(settings, engi
                                                                  long_upload):
     strict = settings.model_copy(update={"max_segment_seconds": 2.0,
                                          "request_timeout_seconds": TIMEOUT_S})
-    counted = EndingsCounted(engine)
+    counted = SegmentsCounted(engine)
     async with live_server(strict, counted) as url, \
             httpx.AsyncClient(base_url=url, timeout=120) as client:
         response = await client.post(AUDIO, files={"file": ("long.wav", long_upload)},
                                      data={"model": MODEL, "stream": "true"})
+        assert_work_stopped_with_the_answer(counted)
         assert response.status_code == 200
         events = [json.loads(line.removeprefix("data: "))
                   for line in response.text.splitlines() if line]
         assert await engine_idle(engine)
-    assert counted.aborted > 0
     assert all(event["type"] == "transcript.text.delta" for event in events[:-1])
     assert events[-1]["type"] == "error"
     assert events[-1]["error"]["code"] == "request_timeout"
