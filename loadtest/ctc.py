@@ -29,6 +29,7 @@ from granite_speech_server.asr.transcript import TranscriptionOptions
 from granite_speech_server.audio.segment import SpeechPlanner
 from granite_speech_server.audio.silero import SileroNetwork
 from granite_speech_server.config import Settings
+from loadtest.requirements import SYNTHESIZERS, require
 from tools.speech_corpus import SAMPLE_RATE, small_heldout_set, word_error_rate
 
 
@@ -102,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=5)
     parser.add_argument("--out", type=Path, default=Path("loadtest/results/ctc.json"))
     args = parser.parse_args(argv)
+    require("loadtest.ctc", commands=SYNTHESIZERS)
     report = asyncio.run(main_async(args))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from loadtest.corpus import encode
+from loadtest.requirements import CORPUS_TOOLS, require
 from granite_speech_server.audio.decode import decode_audio
 from granite_speech_server.audio.features import log_mel_features
 from tools.long_audio import long_recording
@@ -47,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("loadtest/results/frontend.json"))
     args = parser.parse_args(argv)
+    require("loadtest.frontend", commands=CORPUS_TOOLS)
 
     import torch
 

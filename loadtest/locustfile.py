@@ -17,7 +17,10 @@ import random
 from locust import HttpUser, between, task
 
 from loadtest.corpus import Recording, recordings
+from loadtest.requirements import CORPUS_TOOLS, require
 
+# Checked here, at import: locust loads this file to run it, and the corpus is made below.
+require("loadtest/locustfile.py", commands=CORPUS_TOOLS)
 MODEL = os.environ.get("GRANITE_SPEECH_MODEL_NAME", "tiny-granite-speech")
 API_KEY = os.environ.get("GRANITE_SPEECH_API_KEY", "").split(",")[0]
 RECORDINGS: list[Recording] = recordings(seed=int(os.environ.get("LOADTEST_SEED", "0")))

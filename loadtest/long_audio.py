@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 
+from loadtest.requirements import SYNTHESIZERS, require
 from loadtest.servers import our_command, running, vllm_command
 from tools.long_audio import long_recording
 from tools.speech_corpus import SAMPLE_RATE, wav_bytes, word_error_rate
@@ -93,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="timed runs per server and mode (the median is reported)")
     parser.add_argument("--out", type=Path, default=Path("loadtest/results/long_audio.json"))
     args = parser.parse_args(argv)
+    require("loadtest.long_audio", commands=SYNTHESIZERS)
 
     samples, placed = long_recording(args.seconds)
     audio = wav_bytes(samples)

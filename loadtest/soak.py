@@ -21,6 +21,7 @@ import psutil
 
 from loadtest.bench import send
 from loadtest.corpus import recordings, requests
+from loadtest.requirements import CORPUS_TOOLS, require
 from loadtest.servers import our_command, running
 
 
@@ -103,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8792)
     parser.add_argument("--out", type=Path, default=Path("loadtest/results/soak.json"))
     args = parser.parse_args(argv)
+    require("loadtest.soak", commands=CORPUS_TOOLS)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     name = Path(args.model).name if Path(args.model).is_dir() else args.model
     command = our_command(args.model, args.port, [])

@@ -23,6 +23,7 @@ import httpx
 from tools.full_size_model import DEFAULT_DIR
 from tools.long_audio import long_recording
 from tools.speech_corpus import wav_bytes
+from loadtest.requirements import SYNTHESIZERS, require
 from loadtest.servers import our_command, peak_rss_gib, running, server_processes
 
 ENGINE_LINE = re.compile(r"Engine started in .*?memory profiled with [\d.]+ s of audio")
@@ -44,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("loadtest/results/startup"))
     parser.add_argument("server_flags", nargs="*", help="after --: flags for the server")
     args = parser.parse_args(argv)
+    require("loadtest.startup", commands=SYNTHESIZERS if args.request else ())
 
     args.out.mkdir(parents=True, exist_ok=True)
     log = args.out / "server.log"

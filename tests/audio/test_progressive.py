@@ -19,6 +19,9 @@ from granite_speech_server.errors import AudioTooLong
 from tests.audio_samples import flac_declaring
 
 SR = 16000
+HANG_S = 60
+"""How long a wait for a thread may take before the test calls it hung: a deadline that
+only a hang meets, never a bound on how fast the thread is."""
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +43,7 @@ def test_readers_wait_for_the_prefix_they_ask_for():
     time.sleep(0.05)
     assert not got  # 2 s are written, but the last HOLD_BACK samples aren't published
     audio.extend(np.ones(2 * SR, np.float32))
-    reader.join(timeout=5)
+    reader.join(timeout=HANG_S)
     assert got == [4 * SR - HOLD_BACK]
     audio.finish()
     assert audio.until(10 * SR).size == audio.whole().size == audio.total == 4 * SR
@@ -80,7 +83,7 @@ def test_closing_stops_the_writer_and_releases_a_waiting_reader():
     reader = threading.Thread(target=read)
     reader.start()
     audio.close()  # the request is gone while its planner waits for audio
-    reader.join(timeout=5)
+    reader.join(timeout=HANG_S)
     assert not reader.is_alive() and len(outcome) == 1
     with pytest.raises(DecodeCancelled):
         audio.extend(np.zeros(SR, np.float32))
@@ -124,7 +127,7 @@ def test_closing_stops_the_decoding_thread(encoded, long_wav):
     before = {t for t in threading.enumerate() if t.name == "decode"}
     decoded = decode_audio(data, head_s=1.0)
     decoded.audio.close()
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + HANG_S
     while {t for t in threading.enumerate() if t.name == "decode"} - before:
         assert time.monotonic() < deadline, "the decoder kept running after close()"
         time.sleep(0.01)

@@ -29,8 +29,8 @@ from tests import audio_samples
 from tests.ops.conftest import scrape, server_process, value, wav_bytes
 
 READY_WITHIN_S = 900
-"""Generous: ready in 238-359 s here (other work on the machine in most runs); ~9 min with
-vLLM's 500 s profile clip."""
+"""Only ends a start-up that hangs (the autograd profile never became ready): how long
+start-up takes is measured by ``python -m loadtest.startup`` (ready in 238-359 s here)."""
 MAX_MODEL_LEN = 2048
 GiB = 1024**3
 ENCODER_PARAMETERS = 0.44e9
@@ -121,7 +121,7 @@ def test_usage_is_what_the_engine_read_and_no_prompt_exceeds_the_context(server,
                  le=f"{float(MAX_MODEL_LEN)}", **endpoint) == count
 
 
-def test_started_in_time_and_each_process_stayed_within_its_memory(server, answers):
+def test_each_process_stayed_within_its_memory(server, answers):
     """Bounds a regression like the autograd one (worker at 20.6 GB, killed) breaks:
     weights in the engine's dtype, the KV cache, and a margin for activations."""
     engine = _engine_line(server.logs())

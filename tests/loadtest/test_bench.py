@@ -134,3 +134,17 @@ def test_a_server_that_dies_at_start_up_is_reported_with_its_log(tmp_path):
             pass
     assert str(log) in str(failure.value)
     assert "bad flag" in log.read_text()
+
+
+@ON_THE_SESSION_LOOP
+async def test_timeout_report_reads_the_engine_queue_off_the_servers_metrics(server_url):
+    """``loadtest.timeout`` times the engine's drain from this gauge: were it gone, every
+    drain would read as instant, so its absence is an error."""
+    import httpx
+
+    from loadtest import timeout
+
+    with httpx.Client(base_url=server_url, timeout=30) as client:
+        queued = await asyncio.to_thread(timeout.engine_requests, client)
+        idle_s = await asyncio.to_thread(timeout.idle_after, client)
+    assert queued >= 0 and idle_s is not None

@@ -1,5 +1,8 @@
 """--request-timeout-seconds: past it the engine work is aborted, and the client gets
-a 504 in OpenAI's envelope, or, once a stream began, a final error event."""
+a 504 in OpenAI's envelope, or, once a stream began, a final error event.
+
+How soon after the deadline the answer comes and the engine is idle again is measured,
+not bounded, by ``python -m loadtest.timeout``."""
 
 from __future__ import annotations
 
@@ -26,9 +29,46 @@ def long_upload(speech) -> bytes:
     return long_speech_wav(speech, 1200)
 
 
-async def engine_drained(engine, within_s: float) -> bool:
-    """Far sooner than the aborted work would have taken to finish by itself."""
-    for _ in range(int(within_s / 0.05)):
+class SegmentsCounted:
+    """The engine, counting the segment requests the flow starts and how each ended: run
+    to its last result, or closed early (which aborts it in vLLM)."""
+
+    def __init__(self, engine) -> None:
+        self._engine = engine
+        self.started = self.completed = self.aborted = 0
+
+    @property
+    def running(self) -> int:
+        return self.started - self.completed - self.aborted
+
+    def __getattr__(self, name: str):
+        return getattr(self._engine, name)
+
+    async def generate(self, request, request_id=None):
+        self.started += 1
+        completed = False
+        try:
+            async for result in self._engine.generate(request, request_id):
+                yield result
+            completed = True
+        finally:
+            if completed:
+                self.completed += 1
+            else:
+                self.aborted += 1
+
+
+def assert_work_stopped_with_the_answer(counted: SegmentsCounted) -> None:
+    """The answer is the end of the request's engine work: every segment request it had
+    started was over by then (the timeout cancels the flow before it answers), none left
+    running on."""
+    assert counted.started > 0, "precondition: the upload reached the engine in time"
+    assert counted.running == 0
+
+
+async def engine_idle(engine, deadline_s: float = 60) -> bool:
+    """Nothing left in the engine; the deadline only ends a hang."""
+    for _ in range(int(deadline_s / 0.05)):
         if engine.unfinished_requests == 0:
             return True
         await asyncio.sleep(0.05)
@@ -39,15 +79,17 @@ async def test_a_request_past_its_timeout_gets_504_and_its_engine_work_stops(
         settings, engine, long_upload):
     strict = settings.model_copy(update={"max_segment_seconds": 2.0,
                                          "request_timeout_seconds": TIMEOUT_S})
-    async with live_server(strict, engine) as url, \
+    counted = SegmentsCounted(engine)
+    async with live_server(strict, counted) as url, \
             httpx.AsyncClient(base_url=url, timeout=120) as client:
         started = time.monotonic()
         response = await client.post(AUDIO, files={"file": ("long.wav", long_upload)},
                                      data={"model": MODEL})
         elapsed = time.monotonic() - started
+        assert_work_stopped_with_the_answer(counted)
         assert_envelope(response, 504, "request_timeout", "server_error")
-        assert TIMEOUT_S <= elapsed < TIMEOUT_S + 5
-        assert await engine_drained(engine, within_s=1.0)
+        assert elapsed >= TIMEOUT_S  # not before its deadline
+        assert await engine_idle(engine)
         samples = await metrics(client)
     assert value(samples, "granite_speech_requests_total", endpoint=AUDIO, method="POST",
                  status="504", response_format="json") == 1
@@ -59,14 +101,16 @@ async def test_a_stream_past_its_timeout_ends_with_an_error_event(settings, engi
                                                                  long_upload):
     strict = settings.model_copy(update={"max_segment_seconds": 2.0,
                                          "request_timeout_seconds": TIMEOUT_S})
-    async with live_server(strict, engine) as url, \
+    counted = SegmentsCounted(engine)
+    async with live_server(strict, counted) as url, \
             httpx.AsyncClient(base_url=url, timeout=120) as client:
         response = await client.post(AUDIO, files={"file": ("long.wav", long_upload)},
                                      data={"model": MODEL, "stream": "true"})
+        assert_work_stopped_with_the_answer(counted)
         assert response.status_code == 200
         events = [json.loads(line.removeprefix("data: "))
                   for line in response.text.splitlines() if line]
-        assert await engine_drained(engine, within_s=1.0)
+        assert await engine_idle(engine)
     assert all(event["type"] == "transcript.text.delta" for event in events[:-1])
     assert events[-1]["type"] == "error"
     assert events[-1]["error"]["code"] == "request_timeout"
@@ -87,4 +131,6 @@ async def test_an_upload_still_arriving_at_the_deadline_gets_504(settings, engin
         elapsed = time.monotonic() - started
         writer.close()
     assert head.startswith(b"HTTP/1.1 504")
-    assert TIMEOUT_S - 0.2 <= elapsed < TIMEOUT_S + 3
+    # Not before its deadline, which began as the server read the head, a moment before
+    # ``started``.
+    assert elapsed >= TIMEOUT_S - 0.2
