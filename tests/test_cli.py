@@ -136,7 +136,9 @@ def test_the_engine_spin_and_gather_reach_the_engine_processes(monkeypatch):
     from granite_speech_server.vllm_plugin import ENGINE_ENV, intake, shm_wait, started_by_this_server
 
     for name in (shm_wait.SPIN_MS_ENV, intake.GATHER_MS_ENV, ENGINE_ENV, "VLLM_CONFIGURE_LOGGING"):
-        monkeypatch.delenv(name, raising=False)
+        # Set, then deleted: monkeypatch then removes what the engine start writes.
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
     monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "2")
     _configure_engine_environment(Settings(model="m"))
     assert started_by_this_server()

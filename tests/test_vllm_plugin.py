@@ -314,9 +314,10 @@ def _vllm_functions_after_loading_plugins(**environment: str) -> dict[str, str]:
     import subprocess
     import sys
 
-    from granite_speech_server.vllm_plugin import ENGINE_ENV
+    from granite_speech_server.vllm_plugin import ENGINE_ENV, intake, shm_wait
 
-    env = {name: value for name, value in os.environ.items() if name != ENGINE_ENV}
+    plugins_own = {ENGINE_ENV, intake.GATHER_MS_ENV, shm_wait.SPIN_MS_ENV}
+    env = {name: value for name, value in os.environ.items() if name not in plugins_own}
     done = subprocess.run([sys.executable, "-c", PATCHED_FUNCTIONS], env={**env, **environment},
                           capture_output=True, text=True, check=True, timeout=300)
     return dict(line.split(" ", 1) for line in done.stdout.splitlines())

@@ -67,7 +67,7 @@ class Transcriber:
         """One short request straight to the engine (noise has no speech to plan)."""
         noise = np.random.default_rng(0).normal(0, 0.01, SAMPLE_RATE).astype(np.float32)
         prompt_ids = prompts.render_prompt(self.engine.tokenizer, prompts.TRANSCRIBE_INSTRUCTION)
-        request = SegmentRequest(prompt_ids, noise, self.output_budget(noise.size, len(prompt_ids)))
+        request = SegmentRequest(prompt_ids, noise, self._budget(noise.size, len(prompt_ids)))
         await final_result(self.engine, request, f"warm-up-{uuid.uuid4().hex}")
 
     async def transcribe(self, audio: np.ndarray | DecodingAudio,
@@ -161,7 +161,7 @@ class Transcriber:
                     prompt_token_ids=prompt_ids,
                     # A view, not a copy: a long file's samples are held once.
                     audio=audio[segment.audio_start : segment.audio_end],
-                    max_tokens=self.output_budget(segment.num_audio_samples, len(prompt_ids)),
+                    max_tokens=self._budget(segment.num_audio_samples, len(prompt_ids)),
                     temperature=options.temperature,
                     stream=stream,
                     priority=index,
@@ -171,16 +171,9 @@ class Transcriber:
                 batch.append((request, f"{request_id}-{index}"))
             yield batch
 
-    def output_budget(self, num_samples: int, prompt_tokens: int) -> int:
-        """Room for fast speech, far below the context: a model that never says
-        end-of-text stops after a few seconds' worth of tokens, not at 2048."""
-        duration = num_samples / SAMPLE_RATE
-        wanted = self.settings.output_tokens_floor + math.ceil(
-            duration * self.settings.output_tokens_per_second
-        )
-        # The placeholder token in the prompt becomes the audio tokens.
-        used = prompt_tokens - 1 + self.engine.audio_tokens(num_samples)
-        return max(1, min(wanted, self.settings.max_model_len - used))
+    def _budget(self, num_samples: int, prompt_tokens: int) -> int:
+        return output_budget(self.settings, num_samples, prompt_tokens,
+                             self.engine.audio_tokens(num_samples))
 
     async def _pump(self, request: SegmentRequest, request_id: str, queue: asyncio.Queue) -> None:
         try:
@@ -210,6 +203,18 @@ class Transcriber:
         words = await asyncio.to_thread(transcript_words, transcript.segments, posteriors,
                                         audio_starts)
         return dataclasses.replace(transcript, words=words)
+
+
+def output_budget(settings: Settings, num_samples: int, prompt_tokens: int,
+                  audio_tokens: int) -> int:
+    """A segment's output tokens: room for fast speech, far below the context, so a
+    model that never says end-of-text stops after a few seconds' worth of tokens, not at
+    2048. ``audio_tokens``: what the engine makes of the segment's ``num_samples``."""
+    duration = num_samples / SAMPLE_RATE
+    wanted = settings.output_tokens_floor + math.ceil(duration * settings.output_tokens_per_second)
+    # The placeholder token in the prompt becomes the audio tokens.
+    used = prompt_tokens - 1 + audio_tokens
+    return max(1, min(wanted, settings.max_model_len - used))
 
 
 async def _latest(queue: asyncio.Queue) -> SegmentResult:

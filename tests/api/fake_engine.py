@@ -82,5 +82,4 @@ class FakeEngine:
         return SegmentResult(
             text=decode(token_ids), token_ids=token_ids,
             logprobs=[TokenLogprob(decode([token]), -0.25) for token in token_ids],
-            prompt_tokens=self.prompt_tokens(request), finished=finished,
-            finish_reason="stop" if finished else None)
+            prompt_tokens=self.prompt_tokens(request), finished=finished)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -10,7 +9,7 @@ import pytest
 from granite_speech_server.asr.engine import SegmentRequest, SegmentResult
 from granite_speech_server.asr.planning import plan_options
 from granite_speech_server.asr.stitch import DeltaStitcher, join_texts, stitch, token_usage
-from granite_speech_server.asr.transcriber import Transcriber
+from granite_speech_server.asr.transcriber import output_budget
 from granite_speech_server.asr.transcript import TranscriptionOptions, Usage
 from granite_speech_server.audio.segment import PlannedSegment
 from granite_speech_server.audio.vad import VadOptions
@@ -24,23 +23,19 @@ def test_join_uses_spaces_except_for_unspaced_scripts():
     assert join_texts([], None) == ""
 
 
-@pytest.fixture
-def transcriber():
-    engine = SimpleNamespace(tokenizer=None, audio_tokens=audio_token_count)
-    return Transcriber(engine=engine, settings=Settings(model="m"),
-                       planner=None)  # budgets need no plan
+def budget(num_samples: int, prompt_tokens: int) -> int:
+    return output_budget(Settings(model="m"), num_samples, prompt_tokens,
+                         audio_token_count(num_samples))
 
 
-def test_budget_grows_with_duration_from_a_floor(transcriber):
-    assert transcriber.output_budget(16000, 17) == 24 + 10
-    assert transcriber.output_budget(16000 * 30, 17) == 24 + 300
+def test_budget_grows_with_duration_from_a_floor():
+    assert budget(16000, 17) == 24 + 10
+    assert budget(16000 * 30, 17) == 24 + 300
 
 
-def test_budget_never_exceeds_the_context(transcriber):
+def test_budget_never_exceeds_the_context():
     # 150 s of audio = 1500 audio tokens + 17 prompt tokens: only ~530 left of 2048.
-    n = 150 * 16000
-    budget = transcriber.output_budget(n, 17)
-    assert budget == 2048 - (16 + 1500)
+    assert budget(150 * 16000, 17) == 2048 - (16 + 1500)
 
 
 def _request(prompt_tokens: int, seconds: float) -> SegmentRequest:

@@ -58,7 +58,6 @@ class ScriptedEngine:
             self.cancelled.append(request_id)
             raise
 
-
     def _prompt_tokens(self, request) -> int:
         if self.counted_audio_tokens is None:
             return 0
@@ -167,12 +166,16 @@ async def test_the_output_budget_reserves_the_engines_audio_tokens():
         def audio_tokens(self, num_samples: int) -> int:
             return 2 * audio_token_count(num_samples)
 
-    settings = Settings(model="m", max_model_len=430)  # the context, not speech, bounds both
-    prompt_tokens = 17
-    formula = Transcriber(ScriptedEngine([], []), settings, planner=None).output_budget(16000 * 20, prompt_tokens)
-    doubled = Transcriber(CountsDouble([], []), settings, planner=None).output_budget(16000 * 20, prompt_tokens)
-    assert formula == 430 - (prompt_tokens - 1) - audio_token_count(16000 * 20)
-    assert doubled == formula - audio_token_count(16000 * 20)
+    # One 20 s segment in a 430-token context: the context, not speech, bounds both.
+    settings = Settings(model="m", max_model_len=430, max_segment_seconds=20)
+    engines = [ScriptedEngine(["a"], [0.001]), CountsDouble(["a"], [0.001])]
+    for engine in engines:
+        run = Transcriber(engine, settings, planner=fixed_length_plan)
+        await run.transcribe(np.zeros(20 * 16000, np.float32), TranscriptionOptions())
+    formula, doubled = (engine.requests[0].max_tokens for engine in engines)
+    text_tokens = engines[0].requests[0].text_tokens
+    assert formula == 430 - text_tokens - audio_token_count(20 * 16000)
+    assert doubled == formula - audio_token_count(20 * 16000)
 
 
 async def test_a_failed_plan_ends_the_stream_after_the_segments_before_it():

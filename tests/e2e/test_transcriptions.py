@@ -13,7 +13,7 @@ import soundfile as sf
 
 from granite_speech_server.asr.engine import SegmentRequest
 from granite_speech_server.asr.prompt import render_prompt, transcribe_instruction
-from granite_speech_server.asr.transcriber import Transcriber
+from granite_speech_server.asr.transcriber import output_budget
 from granite_speech_server.audio.decode import decode_audio
 
 MODEL = "tiny-granite-speech"
@@ -29,8 +29,8 @@ async def engine_text(engine, settings, audio_bytes: bytes) -> tuple[str, int]:
     """What the engine itself says for this upload, bypassing HTTP and the transcriber."""
     samples = decode_audio(audio_bytes).samples
     prompt_ids = render_prompt(engine.tokenizer, transcribe_instruction())
-    budget = Transcriber(engine, settings, planner=None).output_budget(len(samples),
-                                                                 len(prompt_ids))
+    budget = output_budget(settings, len(samples), len(prompt_ids),
+                           engine.audio_tokens(len(samples)))
     result = None
     async for result in engine.generate(SegmentRequest(prompt_ids, samples, budget)):
         pass
