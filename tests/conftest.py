@@ -108,3 +108,41 @@ async def _wait_ready(url: str, task: asyncio.Task, timeout_s: float = 300,
                 pass
             await asyncio.sleep(0.1)
     raise TimeoutError(f"server at {url} not ready after {timeout_s} s")
+
+
+class SegmentsCounted:
+    """The engine, counting the segment requests the flow starts and how each ended: run
+    to its last result, or closed early (which aborts it in vLLM)."""
+
+    def __init__(self, engine) -> None:
+        self._engine = engine
+        self.started = self.completed = self.aborted = 0
+
+    @property
+    def running(self) -> int:
+        return self.started - self.completed - self.aborted
+
+    def __getattr__(self, name: str):
+        return getattr(self._engine, name)
+
+    async def generate(self, request, request_id=None):
+        self.started += 1
+        completed = False
+        try:
+            async for result in self._engine.generate(request, request_id):
+                yield result
+            completed = True
+        finally:
+            if completed:
+                self.completed += 1
+            else:
+                self.aborted += 1
+
+
+async def engine_idle(engine, deadline_s: float = 60) -> bool:
+    """Nothing left in the engine; the deadline only ends a hang."""
+    for _ in range(int(deadline_s / 0.05)):
+        if engine.unfinished_requests == 0:
+            return True
+        await asyncio.sleep(0.05)
+    return False

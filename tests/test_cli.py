@@ -133,7 +133,12 @@ def test_the_engine_spin_and_gather_reach_the_engine_processes(monkeypatch):
     environment, where the plugin reads them (``shm_wait``, ``intake``); unset, the
     plugin picks the host's defaults."""
     from granite_speech_server.asr.vllm_engine import _configure_engine_environment
-    from granite_speech_server.vllm_plugin import ENGINE_ENV, intake, shm_wait, started_by_this_server
+    from granite_speech_server.vllm_plugin import (
+        ENGINE_ENV,
+        intake,
+        shm_wait,
+        started_by_this_server,
+    )
 
     for name in (shm_wait.SPIN_MS_ENV, intake.GATHER_MS_ENV, ENGINE_ENV, "VLLM_CONFIGURE_LOGGING"):
         # Set, then deleted: monkeypatch then removes what the engine start writes.

@@ -24,11 +24,20 @@ from granite_speech_server.api.deps import StateDep, TranscriberDep
 from granite_speech_server.api.gate import TICKET_KEY
 from granite_speech_server.api.upload_limit import InMemoryUploadRoute
 from granite_speech_server.asr.transcriber import Transcriber
-from granite_speech_server.asr.transcript import Finished, TextDelta, TranscriptEvent, TranscriptionOptions
+from granite_speech_server.asr.transcript import (
+    Finished,
+    TextDelta,
+    TranscriptEvent,
+    TranscriptionOptions,
+)
 from granite_speech_server.audio.decode import HEAD_S, DecodedAudio, decode_audio
 from granite_speech_server.audio.probe import probe_format
 from granite_speech_server.errors import ServerError, TooMuchAudioInFlight, UploadTooLarge
-from granite_speech_server.formats.openai import ErrorResponse, TranscriptionResponse, VerboseTranscriptionResponse
+from granite_speech_server.formats.openai import (
+    ErrorResponse,
+    TranscriptionResponse,
+    VerboseTranscriptionResponse,
+)
 from granite_speech_server.formats.render import render
 from granite_speech_server.formats.sse import event_stream
 from granite_speech_server.metrics import Metrics

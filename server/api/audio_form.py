@@ -21,7 +21,11 @@ from fastapi import UploadFile
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from granite_speech_server.api.protocol import ResponseFormat
-from granite_speech_server.asr.prompt import LANGUAGE_NAMES, TRANSCRIPTION_LANGUAGES, TRANSLATION_PAIRS
+from granite_speech_server.asr.prompt import (
+    LANGUAGE_NAMES,
+    TRANSCRIPTION_LANGUAGES,
+    TRANSLATION_PAIRS,
+)
 from granite_speech_server.asr.transcript import TranscriptionOptions
 from granite_speech_server.audio.vad import VadOptions
 from granite_speech_server.errors import InvalidRequest, ModelNotFound, UnsupportedLanguage

@@ -36,7 +36,13 @@ import soundfile as sf
 import soxr
 
 from granite_speech_server.audio.progressive import DecodeCancelled, DecodingAudio
-from granite_speech_server.errors import AudioDecodeError, AudioTooLong, AudioTooShort, EmptyAudio, ServerError
+from granite_speech_server.errors import (
+    AudioDecodeError,
+    AudioTooLong,
+    AudioTooShort,
+    EmptyAudio,
+    ServerError,
+)
 from granite_speech_server.priority import start_thread
 
 log = logging.getLogger(__name__)

@@ -25,7 +25,7 @@ ENGINE_ENV = "GRANITE_SPEECH_SERVER_ENGINE"
 """Set to ``1`` by the server in the environment of the engine it starts: only there
 does ``register()`` change vLLM's internals."""
 
-_MODEL_CLASS = "granite_speech_server.vllm_plugin.granite:GraniteSpeechServerForConditionalGeneration"
+_MODEL_CLASS = f"{__name__}.granite:{ARCHITECTURE}"  # the class is named for its architecture
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,12 @@ import numpy as np
 import pytest
 
 from granite_speech_server.asr.engine import SegmentResult
-from granite_speech_server.asr.transcript import Finished, TextDelta, TokenLogprob, TranscriptionOptions
+from granite_speech_server.asr.transcript import (
+    Finished,
+    TextDelta,
+    TokenLogprob,
+    TranscriptionOptions,
+)
 from granite_speech_server.audio.features import audio_token_count
 from granite_speech_server.audio.segment import PlannedSegment, PlanOptions, SpeechPlanner
 from granite_speech_server.asr.transcriber import Transcriber

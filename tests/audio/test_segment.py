@@ -19,7 +19,13 @@ from granite_speech_server.audio.segment import (
     plan_in_windows,
     plan_segments,
 )
-from granite_speech_server.audio.vad import MAX_GAIN, SpeechDetector, VadOptions, level_gains, speech_regions
+from granite_speech_server.audio.vad import (
+    MAX_GAIN,
+    SpeechDetector,
+    VadOptions,
+    level_gains,
+    speech_regions,
+)
 from tests.audio_samples import synthesize_speech
 
 SR = 16000

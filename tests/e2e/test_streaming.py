@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import httpx
@@ -11,7 +10,7 @@ import openai
 import pytest
 
 from granite_speech_server.audio.decode import decode_audio
-from tests.conftest import live_server
+from tests.conftest import SegmentsCounted, engine_idle, live_server
 from tests.e2e.test_transcriptions import MODEL, wav_bytes
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -69,16 +68,15 @@ async def test_a_client_that_disconnects_aborts_its_engine_requests(engine, sett
     busy = settings.model_copy(update={"max_segment_seconds": 2.0})
     speech = decode_audio(speech_files["wav"]).samples
     audio = np.tile(speech, 120 * 16000 // len(speech) + 1)
-    async with live_server(busy, engine) as url, httpx.AsyncClient(base_url=url) as client:
+    counted = SegmentsCounted(engine)
+    async with live_server(busy, counted) as url, httpx.AsyncClient(base_url=url) as client:
         async with client.stream("POST", "/v1/audio/transcriptions",
                                  files={"file": ("long.wav", wav_bytes(audio))},
                                  data={"model": MODEL, "stream": "true"}) as response:
             assert response.status_code == 200
             async for _ in response.aiter_lines():
                 break
-            assert engine.unfinished_requests > 0, "precondition: segments still running"
-        for _ in range(100):
-            if engine.unfinished_requests == 0:
-                break
-            await asyncio.sleep(0.05)
-        assert engine.unfinished_requests == 0
+            assert counted.running > 0, "precondition: segments still running"
+        assert await engine_idle(engine)
+    # Run to their end, they would all have completed.
+    assert counted.aborted > 0 and counted.running == 0

@@ -11,7 +11,13 @@ import sys
 
 import pytest
 
-from granite_speech_server.asr.transcript import Finished, TextDelta, TokenLogprob, Transcript, Usage
+from granite_speech_server.asr.transcript import (
+    Finished,
+    TextDelta,
+    TokenLogprob,
+    Transcript,
+    Usage,
+)
 from granite_speech_server.errors import EngineError, error_body
 from granite_speech_server.formats.sse import event_stream
 

@@ -13,7 +13,7 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import live_server
+from tests.conftest import SegmentsCounted, engine_idle, live_server
 from tests.ops.conftest import MODEL, assert_envelope, long_speech_wav, metrics, value
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -29,50 +29,12 @@ def long_upload(speech) -> bytes:
     return long_speech_wav(speech, 1200)
 
 
-class SegmentsCounted:
-    """The engine, counting the segment requests the flow starts and how each ended: run
-    to its last result, or closed early (which aborts it in vLLM)."""
-
-    def __init__(self, engine) -> None:
-        self._engine = engine
-        self.started = self.completed = self.aborted = 0
-
-    @property
-    def running(self) -> int:
-        return self.started - self.completed - self.aborted
-
-    def __getattr__(self, name: str):
-        return getattr(self._engine, name)
-
-    async def generate(self, request, request_id=None):
-        self.started += 1
-        completed = False
-        try:
-            async for result in self._engine.generate(request, request_id):
-                yield result
-            completed = True
-        finally:
-            if completed:
-                self.completed += 1
-            else:
-                self.aborted += 1
-
-
 def assert_work_stopped_with_the_answer(counted: SegmentsCounted) -> None:
     """The answer is the end of the request's engine work: every segment request it had
     started was over by then (the timeout cancels the flow before it answers), none left
     running on."""
     assert counted.started > 0, "precondition: the upload reached the engine in time"
     assert counted.running == 0
-
-
-async def engine_idle(engine, deadline_s: float = 60) -> bool:
-    """Nothing left in the engine; the deadline only ends a hang."""
-    for _ in range(int(deadline_s / 0.05)):
-        if engine.unfinished_requests == 0:
-            return True
-        await asyncio.sleep(0.05)
-    return False
 
 
 async def test_a_request_past_its_timeout_gets_504_and_its_engine_work_stops(

@@ -16,7 +16,12 @@ from granite_speech_server.api.auth import ApiKeys
 from granite_speech_server.api.context import incoming_request_id
 from granite_speech_server.api.deadline import Deadline, iterate_within, within
 from granite_speech_server.config import Settings
-from granite_speech_server.errors import RequestTimeout, TooManyRequests, TooMuchAudioInFlight, Unauthorized
+from granite_speech_server.errors import (
+    RequestTimeout,
+    TooManyRequests,
+    TooMuchAudioInFlight,
+    Unauthorized,
+)
 from granite_speech_server.logs import JsonFormatter, RequestIdFilter, TextFormatter, request_id_var
 from granite_speech_server.metrics import Metrics
 from starlette.datastructures import Headers

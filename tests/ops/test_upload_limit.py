@@ -13,7 +13,11 @@ import httpx
 import pytest
 from starlette.requests import Request
 
-from granite_speech_server.api.upload_limit import IN_MEMORY_UPLOAD_BYTES, InMemoryUploadParser, InMemoryUploadRequest
+from granite_speech_server.api.upload_limit import (
+    IN_MEMORY_UPLOAD_BYTES,
+    InMemoryUploadParser,
+    InMemoryUploadRequest,
+)
 from tests.conftest import live_server
 from tests.ops.conftest import MODEL, assert_envelope, headers_only, long_speech_wav
 
