@@ -77,8 +77,8 @@ def next_message_wait(spin_ms: float | None, notified: bool) -> MessageWait:
 class StandInCore:
     """What ``intake`` uses of vLLM's engine core: its input queue, and work to do."""
 
-    def __init__(self, busy: bool = False) -> None:
-        self.input_queue: queue.Queue = queue.Queue()
+    def __init__(self, busy: bool = False, input_queue: queue.Queue | None = None) -> None:
+        self.input_queue = input_queue if input_queue is not None else queue.Queue()
         self.taken: list[str] = []
         self.busy = busy
 

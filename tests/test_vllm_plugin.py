@@ -9,6 +9,7 @@ from importlib.metadata import entry_points
 import pytest
 
 from granite_speech_server.vllm_plugin import ARCHITECTURE, register
+from loadtest.engine_waits import StandInCore, vllm_take
 
 
 def test_plugin_entry_point_is_installed():
@@ -173,33 +174,7 @@ def test_engine_processes_spin_only_briefly_and_still_get_every_message(notified
     assert seen == {"read": "step 2", "spin_s": 0.002}
 
 
-class _Core:
-    """What ``intake`` uses of vLLM's engine core: its input queue, and work to do."""
-
-    def __init__(self, busy: bool = False, input_queue=None) -> None:
-        import queue
-
-        self.input_queue = input_queue if input_queue is not None else queue.Queue()
-        self.taken: list[str] = []
-        self.busy = busy
-
-    def has_work(self) -> bool:
-        return self.busy or bool(self.taken)
-
-    def _handle_client_request(self, kind: str, request: str) -> None:
-        self.taken.append(request)
-
-
-def _vllm_take(core: _Core) -> None:
-    """vLLM's intake, as far as it matters here: an idle core blocks for one request,
-    then takes what is already queued."""
-    if not core.has_work():
-        core._handle_client_request(*core.input_queue.get())
-    while not core.input_queue.empty():
-        core._handle_client_request(*core.input_queue.get_nowait())
-
-
-def _send_later(core: _Core, requests: list[str], apart_s: float) -> None:
+def _send_later(core: StandInCore, requests: list[str], apart_s: float) -> None:
     import threading
     import time
 
@@ -239,14 +214,14 @@ def test_an_idle_engine_core_takes_a_burst_whole():
     from granite_speech_server.vllm_plugin.intake import gathering
 
     # Requests 20 ms apart: well inside the wait, far outside a thread switch.
-    core = _Core()
+    core = StandInCore()
     _send_later(core, ["a", "b", "c"], apart_s=0.02)
-    gathering(_vllm_take, 0.2)(core)
+    gathering(vllm_take, 0.2)(core)
     assert core.taken == ["a", "b", "c"]
 
-    alone = _Core()
+    alone = StandInCore()
     _send_later(alone, ["a", "b", "c"], apart_s=0.1)
-    _vllm_take(alone)
+    vllm_take(alone)
     assert alone.taken == ["a"], "without it, the core steps on the first request alone"
 
 
@@ -254,13 +229,13 @@ def test_a_busy_engine_core_takes_what_is_queued_without_waiting():
     from granite_speech_server.vllm_plugin.intake import gathering
 
     trickle = _Trickle([0.0])
-    busy = _Core(busy=True, input_queue=trickle)
-    gathering(_vllm_take, 1.0)(busy)
+    busy = StandInCore(busy=True, input_queue=trickle)
+    gathering(vllm_take, 1.0)(busy)
     assert trickle.timed_waits == []
 
-    queued = _Core(busy=True)
+    queued = StandInCore(busy=True)
     queued.input_queue.put(("add", "queued"))
-    gathering(_vllm_take, 1.0)(queued)
+    gathering(vllm_take, 1.0)(queued)
     assert queued.taken == ["queued"]
 
 
@@ -271,8 +246,8 @@ def test_a_trickle_holds_an_idle_core_back_only_so_many_gathers():
 
     clock = [0.0]
     trickle = _Trickle(clock)
-    core = _Core(input_queue=trickle)
-    _vllm_take(core)
+    core = StandInCore(input_queue=trickle)
+    vllm_take(core)
     take_burst(core, 0.25, clock=lambda: clock[0])
     assert trickle.timed_waits == [0.25] * MAX_GATHER_ROUNDS
     assert len(core.taken) == 1 + MAX_GATHER_ROUNDS
