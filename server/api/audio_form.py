@@ -73,13 +73,18 @@ class Output:
     granularities: frozenset[str] = frozenset({"segment"})
 
 
+def _without_additional_properties(schema: dict[str, Any]) -> None:
+    schema.pop("additionalProperties", None)
+
+
 class AudioForm(BaseModel):
     """What both endpoints' forms share: the fields they don't know, and empty fields.
     (Each form declares its own fields, ``chunking_strategy`` among them, in its order.)"""
 
     # FastAPI hands a form model every part of the form: those it has no field for
-    # land in ``model_extra``.
-    model_config = ConfigDict(extra="allow")
+    # land in ``model_extra``. The schema doesn't advertise them (additionalProperties):
+    # they are tolerated, not part of the API.
+    model_config = ConfigDict(extra="allow", json_schema_extra=_without_additional_properties)
 
     @model_validator(mode="before")
     @classmethod

@@ -41,6 +41,6 @@ async def test_openapi_documents_every_form_field(http):
         assert undocumented == [], path
         assert "422" not in operation["responses"]
         assert {"200", "400", "404", "413", "503"} <= operation["responses"].keys()
-    assert "examples" in schemas["Body_create_translation_v1_audio_translations_post"][
+    assert "examples" in schemas["TranslationForm"][
         "properties"]["to_language"]
     assert (await http.get("/docs")).status_code == 200
