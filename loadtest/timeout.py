@@ -74,7 +74,9 @@ def streamed(client: httpx.Client, model: str, audio: bytes) -> tuple[float, str
     return time.perf_counter() - start, last
 
 
-async def _stalled(url: str) -> tuple[float, str]:
+async def stalled_upload(url: str) -> tuple[float, str]:
+    """(seconds from the upload's first bytes to the answer, the answer's status line) for
+    a client that sends a multipart head and then nothing."""
     host, port = url.removeprefix("http://").split(":")
     reader, writer = await asyncio.open_connection(host, int(port))
     writer.write((f"POST {AUDIO} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 1000000\r\n"
@@ -89,7 +91,7 @@ async def _stalled(url: str) -> tuple[float, str]:
 
 def stalled(client: httpx.Client, model: str, audio: bytes) -> tuple[float, str]:
     """A head, the body's first line, then nothing: the deadline answers it."""
-    return asyncio.run(_stalled(str(client.base_url).rstrip("/")))
+    return asyncio.run(stalled_upload(str(client.base_url).rstrip("/")))
 
 
 KINDS = {"plain": plain, "stream": streamed, "stalled_upload": stalled}

@@ -6,13 +6,13 @@ not bounded, by ``python -m loadtest.timeout``."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 
 import httpx
 import pytest
 
+from loadtest.timeout import stalled_upload
 from tests.conftest import SegmentsCounted, engine_idle, live_server
 from tests.ops.conftest import MODEL, assert_envelope, long_speech_wav, metrics, value
 
@@ -83,16 +83,8 @@ async def test_an_upload_still_arriving_at_the_deadline_gets_504(settings, engin
     """A client that stalls mid-upload doesn't hold its admission past the timeout."""
     strict = settings.model_copy(update={"request_timeout_seconds": TIMEOUT_S})
     async with live_server(strict, engine) as url:
-        host, port = url.removeprefix("http://").split(":")
-        reader, writer = await asyncio.open_connection(host, int(port))
-        writer.write((f"POST {AUDIO} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 1000000\r\n"
-                      "Content-Type: multipart/form-data; boundary=b\r\n\r\n--b\r\n").encode())
-        await writer.drain()
-        started = time.monotonic()
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-        elapsed = time.monotonic() - started
-        writer.close()
-    assert head.startswith(b"HTTP/1.1 504")
+        elapsed, status = await stalled_upload(url)
+    assert status.startswith("HTTP/1.1 504")
     # Not before its deadline, which began as the server read the head, a moment before
-    # ``started``.
+    # the head was sent and the clock started.
     assert elapsed >= TIMEOUT_S - 0.2
