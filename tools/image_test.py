@@ -47,8 +47,12 @@ and npm's registries reachable) that the script has to live with:
 
 Time: a cold build takes ~7 min here. Docker's layer cache (kept in /var/lib/docker between
 runs on the same machine) makes the next ones short: vLLM sits in a layer of its own, keyed
-by the base image, VLLM_VERSION, the list of removed packages and TORCH_CPU_INDEX (hence the
-index's fixed port), so a change under server/ reinstalls only the server's wheel. The
+by the base image, pyproject.toml, VLLM_VERSION, the list of removed packages and
+TORCH_CPU_INDEX (hence the index's fixed port), so a change under server/ reinstalls only the
+server's wheel, a layer of under a megabyte. Each build of a changed server leaves the
+previous image untagged; the script removes those (only untagged images with this server's
+entrypoint) before and after it builds, and says how much disk Docker has left: a CI
+machine's disk filled when every build still added a whole image. The
 Dockerfile's pip cache mount doesn't help here: this machine's proxy serves PyPI's files in
 a form pip doesn't cache (its HTTP cache stays empty, on the host too). The containers are
 the test's other cost: two engine start-ups (one cut short by SIGTERM, one served; ~1 min
@@ -285,6 +289,27 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
+def disk_free_gb() -> float:
+    root = docker("info", "-f", "{{.DockerRootDir}}").stdout.strip()
+    return shutil.disk_usage(root).free / 1e9
+
+
+def remove_superseded_images() -> None:
+    """Earlier runs' images, untagged when a newer build took IMAGE's tag.
+
+    Each is a whole image (~2.9 GB before the server got a layer of its own): left, they
+    filled a CI machine's disk mid-build. Only untagged images with this server's entrypoint
+    go; nothing else on the machine is touched."""
+    dangling = docker("images", "-q", "--no-trunc", "--filter", "dangling=true").stdout.split()
+    ours = [image for image in dangling
+            if docker("image", "inspect", "-f", "{{json .Config.Entrypoint}}", image,
+                      check_rc=False).stdout.strip() == '["granite-speech-server"]']
+    if ours:
+        docker("rmi", *ours, check_rc=False)
+    log(f"removed {len(ours)} image(s) earlier runs left untagged; "
+        f"{disk_free_gb():.1f} GB free for Docker")
+
+
 def build(base: str, torch_index: str) -> None:
     with tempfile.TemporaryDirectory(prefix="image-test-dockerfile-") as tmp:
         dockerfile = Path(tmp) / "Dockerfile"
@@ -299,7 +324,12 @@ def build(base: str, torch_index: str) -> None:
             env={**os.environ, "DOCKER_BUILDKIT": "1"}, text=True, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT)
         if result.returncode != 0:
-            raise Failed(f"docker build failed:\n{result.stdout[-6000:]}")
+            space = ""
+            if "no space left on device" in result.stdout:
+                usage = docker("system", "df", check_rc=False).stdout
+                space = (f"\nDocker's disk is full ({disk_free_gb():.1f} GB free); "
+                         f"what it holds (`docker system df`):\n{usage}")
+            raise Failed(f"docker build failed:\n{result.stdout[-6000:]}{space}")
     size = int(docker("image", "inspect", "-f", "{{.Size}}", IMAGE).stdout)
     log(f"built in {time.monotonic() - started:.0f} s; image size {size / 1e9:.2f} GB")
 
@@ -556,8 +586,10 @@ def main() -> int:
     try:
         with docker_daemon():
             base = base_image()
+            remove_superseded_images()
             with torch_cpu_index() as index:
                 build(base, index)
+            remove_superseded_images()
             pod = Pod()
             log(f"the chart's container: {' '.join(pod.run_args())} {' '.join(pod.command())}")
             check_no_model("/models/missing", "a model directory that isn't there")

