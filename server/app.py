@@ -24,6 +24,7 @@ from granite_speech_server.api.gate import GateMiddleware
 from granite_speech_server.api.upload_limit import UploadLimitMiddleware
 from granite_speech_server.asr.ctc import CtcHead
 from granite_speech_server.asr.engine import SpeechEngine
+from granite_speech_server.asr.language_id import LanguageIdentifier
 from granite_speech_server.audio.silero import SileroNetwork
 from granite_speech_server.config import Settings
 from granite_speech_server.errors import HttpError, InvalidRequest, ServerError
@@ -115,6 +116,7 @@ async def _bring_up(state: AppState, *, own_engine: bool) -> None:
         if own_engine:
             await asyncio.to_thread(state.engine_start.run, state)
         state.vad = await asyncio.to_thread(SileroNetwork)
+        state.language_id = await asyncio.to_thread(LanguageIdentifier.loaded)
         if state.settings.word_timestamps and state.ctc is None:
             state.ctc = await asyncio.to_thread(CtcHead.load, state.settings.model,
                                                 getattr(state.engine, "dtype", None))

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from granite_speech_server.admission import Admission
 from granite_speech_server.asr.ctc import CtcHead
 from granite_speech_server.asr.engine import SpeechEngine
+from granite_speech_server.asr.language_id import LanguageIdentifier
 from granite_speech_server.asr.transcriber import Transcriber
 from granite_speech_server.audio.segment import SpeechPlanner
 from granite_speech_server.audio.silero import SileroNetwork
@@ -28,6 +29,8 @@ class AppState:
     """The encoder's CTC head beside vLLM, for word timestamps (--word-timestamps)."""
     vad: SileroNetwork | None = None
     """The speech detector's network, loaded at start-up."""
+    language_id: LanguageIdentifier | None = None
+    """Tells a transcript's language (``languages`` in responses), loaded at start-up."""
     startup_error: BaseException | None = None
     exit_code: int = 0
     """What the process exits with once the HTTP server stopped."""
@@ -53,7 +56,8 @@ class AppState:
     def transcriber(self) -> Transcriber | None:
         if self.engine is None or self.vad is None:
             return None
-        return Transcriber(self.engine, self.settings, SpeechPlanner(self.vad), ctc=self.ctc)
+        return Transcriber(self.engine, self.settings, SpeechPlanner(self.vad), ctc=self.ctc,
+                           language_id=self.language_id)
 
     def fail(self, reason: str, exit_code: int = 1) -> None:
         """Stop the server with ``exit_code``, after the shutdown delay (readiness,

@@ -16,7 +16,7 @@ from granite_speech_server.api.audio_form import (
     TranscriptionForm,
     TranslationForm,
     check_model,
-    ignore_unknown_fields,
+    check_unknown_fields,
 )
 from granite_speech_server.api.context import RequestContext, request_context
 from granite_speech_server.api.deadline import iterate_within, within
@@ -77,7 +77,7 @@ TranslationFormDep = Annotated[TranslationForm, Form(media_type="multipart/form-
              summary="Transcribe audio into the input language")
 async def create_transcription(request: Request, state: StateDep, transcriber: TranscriberDep,
                                form: TranscriptionFormDep) -> Response:
-    ignore_unknown_fields(request.url.path, form)
+    check_unknown_fields(form)
     check_model(state.settings.model_names, form.model)
     options, output = form.options(word_alignment=state.ctc is not None)
     return await respond(request, state, transcriber, form.file, options, output)
@@ -87,7 +87,7 @@ async def create_transcription(request: Request, state: StateDep, transcriber: T
              summary="Translate speech into English (or, as an extension, out of English)")
 async def create_translation(request: Request, state: StateDep, transcriber: TranscriberDep,
                              form: TranslationFormDep) -> Response:
-    ignore_unknown_fields(request.url.path, form)
+    check_unknown_fields(form)
     check_model(state.settings.model_names, form.model)
     options, output = form.options()
     return await respond(request, state, transcriber, form.file, options, output)

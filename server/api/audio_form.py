@@ -1,24 +1,33 @@
 """The forms of the transcription and translation endpoints, one pydantic model each,
 and their checks.
 
-Field names follow what the OpenAI SDKs send: list fields arrive as repeated ``name[]``
-parts. Each form builds the transcription options and output choices it asks for;
-each check raises a typed error naming the offending field. Fields a form doesn't
-know are kept as the model's extras: logged and ignored (OpenAI clients add fields over
-time), except the SDK's ``chunking_strategy[...]`` fields, which are read from there.
+A list field is read in both spellings clients use: ``name[]`` (the OpenAI SDKs, Python
+and Node, repeat it) and ``name`` (curl, older clients), repeated or comma-separated. Each
+form builds the transcription options and output choices it asks for; each check raises
+a typed error naming the offending field. A field a form doesn't know is a 400 naming it
+(a field dropped in silence is how the SDK's ``keywords[]`` once went unread), except the
+SDK's ``chunking_strategy[...]`` fields, which are read from the model's extras.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import re
+import typing
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from fastapi import UploadFile
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from granite_speech_server.api.protocol import ResponseFormat
 from granite_speech_server.asr.prompt import (
@@ -30,7 +39,6 @@ from granite_speech_server.asr.transcript import TranscriptionOptions
 from granite_speech_server.audio.vad import VadOptions
 from granite_speech_server.errors import InvalidRequest, ModelNotFound, UnsupportedLanguage
 
-log = logging.getLogger(__name__)
 
 MAX_KEYWORDS = 50
 MAX_KEYWORD_CHARS = 1000
@@ -46,8 +54,16 @@ PromptField = Annotated[str | None, Field(
     "on commas, semicolons and newlines into keywords for its keyword biasing.",
     examples=["Granite, vLLM, Kubernetes"])]
 KeywordsField = Annotated[list[str] | None, Field(
-    description="Extension: names, acronyms or spellings to bias the model towards. "
-    "Repeat the field or give a comma-separated list.", examples=[["Granite", "vLLM"]])]
+    description="Words or phrases to guide transcription: Granite's keyword biasing, as "
+    "`prompt` is. Also `keywords[]`, repeated or comma-separated.",
+    examples=[["Granite", "vLLM"]])]
+HotwordsField = Annotated[list[str] | None, Field(
+    description="The same as `keywords` (the name vLLM's and speaches' clients use).")]
+SUPPORTED = ", ".join(TRANSCRIPTION_LANGUAGES)
+LanguagesField = Annotated[list[str] | None, Field(
+    description=f"Possible languages of the input audio, ISO-639-1 ({SUPPORTED}); also "
+    "`languages[]`. One acts as `language`; several restrict what `languages` in the "
+    "response may say.", examples=[["en", "fr"]])]
 TemperatureField = Annotated[float, Field(ge=0, le=1, description="Sampling temperature; "
                                           "0 decodes greedily.")]
 ResponseFormatField = Annotated[ResponseFormat, Field(
@@ -77,29 +93,51 @@ def _without_additional_properties(schema: dict[str, Any]) -> None:
     schema.pop("additionalProperties", None)
 
 
+SPEAKER_FIELDS = frozenset({"known_speaker_names", "known_speaker_references"})
+NO_SPEAKERS = "this model has no speaker output (diarization)"
+
+
 class AudioForm(BaseModel):
-    """What both endpoints' forms share: the fields they don't know, and empty fields.
-    (Each form declares its own fields, ``chunking_strategy`` among them, in its order.)"""
+    """What both endpoints' forms share: list fields' two spellings, unknown and empty
+    fields. (Each form declares its own fields, ``chunking_strategy`` among them, in its
+    order.)"""
 
     # FastAPI hands a form model every part of the form: those it has no field for
-    # land in ``model_extra``. The schema doesn't advertise them (additionalProperties):
-    # they are tolerated, not part of the API.
+    # land in ``model_extra`` (``check_unknown_fields`` refuses them). The schema doesn't
+    # advertise them (additionalProperties).
     model_config = ConfigDict(extra="allow", json_schema_extra=_without_additional_properties)
 
     @model_validator(mode="before")
     @classmethod
-    def _empty_fields_are_absent(cls, data: Any) -> Any:
-        # FastAPI reads an empty part as an absent one for a lone Form parameter, but not
-        # for a form model's fields: a client's `language=` still means "no language".
+    def _one_spelling_per_field(cls, data: Any) -> Any:
         if not isinstance(data, dict):
             return data
-        known = cls.field_names()
+        data = dict(data)
+        for name in cls.list_fields():
+            # FastAPI fills the declared ``name`` (every part of that name); the SDKs'
+            # ``name[]`` parts arrive as an extra, one value or a list of them.
+            values = as_list(data.pop(name, None)) + as_list(data.pop(f"{name}[]", None))
+            pieces = [piece.strip() for value in values for piece in str(value).split(",")]
+            if pieces := [piece for piece in pieces if piece]:
+                data[name] = pieces
+        # FastAPI reads an empty part as an absent one for a lone Form parameter, but not
+        # for a form model's fields: a client's `language=` still means "no language".
+        known = set(cls.model_fields)
         return {key: value for key, value in data.items() if not (value == "" and key in known)}
 
+    @field_validator("response_format", mode="before", check_fields=False)
     @classmethod
-    def field_names(cls) -> set[str]:
-        """The names the form knows, as clients send them (``include[]``)."""
-        return {field.alias or name for name, field in cls.model_fields.items()}
+    def _no_speaker_format(cls, value: Any) -> Any:
+        if value == "diarized_json":
+            raise PydanticCustomError("unsupported_format", f"diarized_json: {NO_SPEAKERS}; "
+                                      "use json, text, srt, verbose_json or vtt.")
+        return value
+
+    @classmethod
+    def list_fields(cls) -> list[str]:
+        return [name for name, field in cls.model_fields.items()
+                if any(typing.get_origin(type_) is list
+                       for type_ in (field.annotation, *typing.get_args(field.annotation)))]
 
     def unknown_fields(self) -> list[str]:
         return sorted(key for key in self.model_extra or {} if not key.startswith(CHUNKING_PREFIX))
@@ -114,48 +152,52 @@ class AudioForm(BaseModel):
         return parse_chunking_strategy(self.chunking_strategy, self.chunking_fields())
 
 
+GranularitiesField = Annotated[list[str] | None, Field(
+    description="`segment` (speech segments of the plan) and/or `word` (CTC forced alignment "
+    "of the transcript; not for Japanese, nor translations); needs verbose_json. Also "
+    "`timestamp_granularities[]`.")]
+IncludeField = Annotated[list[str] | None, Field(
+    description="`logprobs`: token log probabilities (json, or streamed). Also `include[]`.")]
+
+
 class TranscriptionForm(AudioForm):
-    """The transcription request, in OpenAI's field order. Other fields are accepted
-    and ignored."""
+    """The transcription request, in OpenAI's field order, then this server's extensions."""
 
     file: FileField
     model: ModelField
-    language: Annotated[str | None, Field(description="ISO-639-1 code of the spoken language "
-                                          "(en, fr, de, es, pt, ja).", examples=["en"])] = None
+    language: Annotated[str | None, Field(description=f"ISO-639-1 code of the spoken language "
+                                          f"({SUPPORTED}).", examples=["en"])] = None
+    languages: LanguagesField = None
     prompt: PromptField = None
+    keywords: KeywordsField = None
     response_format: ResponseFormatField = "json"
     temperature: TemperatureField = 0.0
-    timestamp_granularities: Annotated[list[str] | None, Field(
-        alias="timestamp_granularities[]",
-        description="`segment` (speech segments of the plan) and/or `word` (CTC forced "
-        "alignment of the transcript; not for Japanese); needs verbose_json.")] = None
-    include: Annotated[list[str] | None, Field(
-        alias="include[]", description="`logprobs`: token log probabilities (json, or "
-        "streamed).")] = None
+    timestamp_granularities: GranularitiesField = None
+    include: IncludeField = None
     stream: StreamField = False
-    keywords: KeywordsField = None
     chunking_strategy: ChunkingField = None
+    hotwords: HotwordsField = None
 
     def options(self, *, word_alignment: bool) -> tuple[TranscriptionOptions, Output]:
         """What to run and how to answer; ``word_alignment``: the server can align words."""
-        check_transcription_language(self.language)
+        language, candidates = spoken_language(self.language, self.languages,
+                                               TRANSCRIPTION_LANGUAGES)
         check_streamable(self.stream, self.response_format)
         granularities = check_granularities(self.timestamp_granularities, self.response_format)
         words = word_timing_wanted(word_alignment, granularities, self.response_format,
-                                   self.language)
+                                   language)
         include_logprobs = check_include(self.include, self.response_format)
         vad, padding_ms = self.chunking()
-        options = TranscriptionOptions(task="transcribe", language=self.language,
-                                       keywords=collect_keywords(self.prompt, self.keywords),
-                                       temperature=self.temperature, vad=vad,
-                                       padding_ms=padding_ms, word_timestamps=words)
+        options = TranscriptionOptions(
+            task="transcribe", language=language, languages=candidates,
+            keywords=collect_keywords(self.prompt, self.keywords, self.hotwords),
+            temperature=self.temperature, vad=vad, padding_ms=padding_ms, word_timestamps=words)
         return options, Output(self.response_format, self.stream, include_logprobs,
                                granularities)
 
 
 class TranslationForm(AudioForm):
-    """The translation request: OpenAI's fields, then this server's extensions. Other
-    fields are accepted and ignored."""
+    """The translation request: OpenAI's fields, then this server's extensions."""
 
     file: FileField
     model: ModelField
@@ -164,31 +206,56 @@ class TranslationForm(AudioForm):
     temperature: TemperatureField = 0.0
     language: Annotated[str | None, Field(description="Extension: ISO-639-1 code of the "
                                           "spoken language, if known.", examples=["fr"])] = None
+    languages: LanguagesField = None
     to_language: Annotated[str, Field(description="Extension: target language. `en` (the "
                                       "default, as OpenAI) from fr/de/es/pt/ja; from English "
                                       "into fr, de, es, pt, ja, it or zh.",
                                       examples=["en", "fr"])] = "en"
-    stream: StreamField = False
     keywords: KeywordsField = None
+    timestamp_granularities: GranularitiesField = None
+    include: IncludeField = None
+    stream: StreamField = False
     chunking_strategy: ChunkingField = None
+    hotwords: HotwordsField = None
 
     def options(self) -> tuple[TranscriptionOptions, Output]:
-        check_translation_pair(self.language, self.to_language)
+        language, candidates = spoken_language(self.language, self.languages,
+                                               TRANSCRIPTION_LANGUAGES)
+        for source in candidates or [language]:
+            check_translation_pair(source, self.to_language)
         check_streamable(self.stream, self.response_format)
+        granularities = check_granularities(self.timestamp_granularities, self.response_format)
+        if "word" in granularities:
+            raise InvalidRequest("Word timestamps are for transcriptions: a translation's "
+                                 "words were never spoken; use segment.",
+                                 param="timestamp_granularities")
+        include_logprobs = check_include(self.include, self.response_format)
         vad, padding_ms = self.chunking()
-        options = TranscriptionOptions(task="translate", language=self.language,
-                                       to_language=self.to_language,
-                                       keywords=collect_keywords(self.prompt, self.keywords),
-                                       temperature=self.temperature, vad=vad,
-                                       padding_ms=padding_ms)
-        return options, Output(self.response_format, self.stream)
+        options = TranscriptionOptions(
+            task="translate", language=language, languages=candidates,
+            to_language=self.to_language,
+            keywords=collect_keywords(self.prompt, self.keywords, self.hotwords),
+            temperature=self.temperature, vad=vad, padding_ms=padding_ms)
+        return options, Output(self.response_format, self.stream, include_logprobs,
+                               granularities)
 
 
-def ignore_unknown_fields(path: str, form: AudioForm) -> None:
-    """OpenAI clients add fields over time: accept them, but say which were ignored.
-    (To refuse them instead, raise an ``InvalidRequest`` here.)"""
-    if unknown := form.unknown_fields():
-        log.info("Ignoring unknown form fields on %s: %s", path, ", ".join(unknown))
+def check_unknown_fields(form: AudioForm) -> None:
+    """A field the form doesn't know is refused, named: dropped, a client's field (a
+    newer SDK's, a peer server's) would change nothing and nobody would know."""
+    for name in form.unknown_fields():
+        field = name.removesuffix("[]")
+        if field in SPEAKER_FIELDS:
+            raise InvalidRequest(f"{field}: {NO_SPEAKERS}.", param=field)
+        known = ", ".join(type(form).model_fields)
+        raise InvalidRequest(f"Unknown field '{name}'; this endpoint takes {known}.",
+                             param=name, code="unknown_parameter")
+
+
+def as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, list) else [value]
 
 
 def last(value: Any) -> Any:
@@ -204,12 +271,23 @@ def check_model(served: Iterable[str], model: str) -> None:
         )
 
 
-def check_transcription_language(language: str | None) -> None:
-    if language is not None and language not in TRANSCRIPTION_LANGUAGES:
-        raise UnsupportedLanguage(
-            f"Language '{language}' is not supported for transcription; supported: "
-            f"{', '.join(TRANSCRIPTION_LANGUAGES)}."
-        )
+def spoken_language(language: str | None, languages: list[str] | None,
+                    supported: tuple[str, ...]) -> tuple[str | None, tuple[str, ...]]:
+    """(the spoken language if known, the candidates): each checked against the model's
+    languages; a single candidate is the language."""
+    candidates = tuple(dict.fromkeys(languages or ()))
+    for param, codes in (("language", [language] if language else []), ("languages", candidates)):
+        for code in codes:
+            if code not in supported:
+                raise UnsupportedLanguage(f"Language '{code}' is not supported for "
+                                          f"transcription; supported: {', '.join(supported)}.",
+                                          param=param)
+    if language and candidates and language not in candidates:
+        raise InvalidRequest(f"language '{language}' is not among languages "
+                             f"({', '.join(candidates)}).", param="language")
+    if language is None and len(candidates) == 1:
+        language = candidates[0]
+    return language, candidates
 
 
 def check_translation_pair(source: str | None, target: str) -> None:
@@ -230,8 +308,9 @@ def check_streamable(stream: bool, response_format: str) -> None:
                              f"'{response_format}'.", param="stream")
 
 
-def collect_keywords(prompt: str | None, keywords: Iterable[str] | None) -> tuple[str, ...]:
-    pieces = [prompt or ""] + list(keywords or [])
+def collect_keywords(prompt: str | None, *keyword_lists: Iterable[str] | None
+                     ) -> tuple[str, ...]:
+    pieces = [prompt or ""] + [word for words in keyword_lists for word in words or ()]
     found = [word.strip() for piece in pieces for word in re.split(r"[,;\n]", piece)]
     unique = tuple(dict.fromkeys(word for word in found if word))
     if len(unique) > MAX_KEYWORDS or sum(map(len, unique)) > MAX_KEYWORD_CHARS:

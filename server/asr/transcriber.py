@@ -28,6 +28,7 @@ from granite_speech_server.asr.engine import (
     SpeechEngine,
     final_result,
 )
+from granite_speech_server.asr.language_id import LanguageIdentifier
 from granite_speech_server.asr.planning import plan_options, planned_ahead
 from granite_speech_server.asr.speculation import Speculator
 from granite_speech_server.asr.stitch import DeltaStitcher, stitch, token_usage
@@ -52,12 +53,14 @@ class _Plan:
 
 
 class Transcriber:
-    def __init__(self, engine: SpeechEngine, settings: Settings,
-                 planner: Planner, ctc: CtcHead | None = None) -> None:
+    def __init__(self, engine: SpeechEngine, settings: Settings, planner: Planner,
+                 ctc: CtcHead | None = None,
+                 language_id: LanguageIdentifier | None = None) -> None:
         self.engine = engine
         self.settings = settings
         self.planner = planner
         self.ctc = ctc
+        self.language_id = language_id
         self.speculator = Speculator(
             engine, max_entropy=settings.speculative_max_entropy,
             min_probability=settings.speculative_min_probability,
@@ -195,6 +198,11 @@ class Transcriber:
                       posteriors: list[np.ndarray] | None = None) -> Transcript:
         usage = token_usage(plan.requests, results, self.engine.audio_tokens, num_samples)
         transcript = stitch(plan.segments, results, options, usage, num_samples)
+        if self.language_id is not None and options.task == "transcribe":
+            detected = await asyncio.to_thread(self.language_id.identify, transcript.text,
+                                               options.languages)
+            transcript = dataclasses.replace(transcript,
+                                             detected_languages=(detected,) if detected else ())
         if not options.word_timestamps:
             return transcript
         posteriors = posteriors or await self._posteriors(plan.requests)

@@ -37,6 +37,8 @@ class TranscriptionOptions:
     task: Task = "transcribe"
     language: str | None = None
     """Language spoken in the audio, when the client knows it."""
+    languages: tuple[str, ...] = ()
+    """The languages the client says the audio may be in: what detection may answer."""
     to_language: str | None = None
     """Target language of a translation."""
     keywords: tuple[str, ...] = ()
@@ -97,6 +99,14 @@ class Transcript:
     segments: list[Segment]
     usage: Usage
     words: list[WordTiming] | None = None
+    detected_languages: tuple[str, ...] = ()
+    """The languages the transcript is written in, as far as they could be told (ISO-639-1);
+    empty when unsure or not looked for (translations)."""
+
+    @property
+    def spoken_language(self) -> str | None:
+        """The language the client named, or else the one detected."""
+        return self.language or next(iter(self.detected_languages), None)
 
     @property
     def logprobs(self) -> list[TokenLogprob]:

@@ -69,11 +69,24 @@ class TokenLogprobOut(BaseModel):
                              examples=[[32, 104, 101, 108, 108, 111]])
 
 
+class TranscriptionLanguage(BaseModel):
+    code: str = Field(description="ISO-639-1 code of a language detected in the audio.",
+                      examples=["en"])
+
+
+LANGUAGES_DESCRIPTION = (
+    "Transcriptions only: the language the transcript is written in, which Granite writes "
+    "as it hears it (detected from the text, among `languages` when given). Empty when it "
+    "couldn't be told reliably (very short or mixed text).")
+
+
 class TranscriptionResponse(OmitNoneModel):
     """``response_format=json`` (transcriptions and translations)."""
 
     text: str = Field(description="The transcribed (or translated) text.",
                       examples=["Hello, and welcome."])
+    languages: list[TranscriptionLanguage] | None = Field(
+        default=None, description=LANGUAGES_DESCRIPTION, examples=[[{"code": "en"}]])
     logprobs: list[TokenLogprobOut] | None = Field(
         default=None,
         description="Log probabilities of the output tokens; only with `include[]=logprobs`.")
@@ -110,8 +123,9 @@ class VerboseTranscriptionResponse(OmitNoneModel):
 
     task: Literal["transcribe", "translate"]
     language: str = Field(
-        description="Lowercase English name of the output language; `unknown` when the "
-        "client named none.", examples=["english"])
+        description="Lowercase English name of the output language: for a transcription, "
+        "the one the client named, or else the one detected (`unknown` when none could "
+        "be told); for a translation, its target.", examples=["english"])
     duration: float = Field(description="Duration of the audio, in seconds.")
     text: str
     segments: list[TranscriptionSegment] | None = Field(
@@ -149,6 +163,8 @@ class TranscriptTextDelta(OmitNoneModel):
 class TranscriptTextDone(OmitNoneModel):
     type: Literal["transcript.text.done"] = "transcript.text.done"
     text: str = Field(description="The whole text: the concatenation of every delta.")
+    languages: list[TranscriptionLanguage] | None = Field(
+        default=None, description=LANGUAGES_DESCRIPTION)
     logprobs: list[TokenLogprobOut] | None = Field(
         default=None, description="Log probabilities of every output token; only with "
         "`include[]=logprobs`.")

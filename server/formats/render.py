@@ -18,6 +18,7 @@ from granite_speech_server.formats.openai import (
     InputTokenDetails,
     TokenLogprobOut,
     TokenUsage,
+    TranscriptionLanguage,
     TranscriptionResponse,
     TranscriptionSegment,
     TranscriptionWord,
@@ -69,6 +70,14 @@ def logprobs_out(logprobs: Iterable[TokenLogprob]) -> list[TokenLogprobOut]:
     ]
 
 
+def languages_out(transcript: Transcript) -> list[TranscriptionLanguage] | None:
+    """OpenAI's ``languages`` for a transcription (empty when none was detected); a
+    translation has none."""
+    if transcript.task != "transcribe":
+        return None
+    return [TranscriptionLanguage(code=code) for code in transcript.detected_languages]
+
+
 def usage_headers(usage: Usage) -> dict[str, str]:
     """Plain-text bodies can't carry the usage object: these headers do (extension)."""
     return {
@@ -100,6 +109,7 @@ def render(
         case _:
             body = TranscriptionResponse(
                 text=transcript.text,
+                languages=languages_out(transcript),
                 logprobs=logprobs_out(transcript.logprobs) if include_logprobs else None,
                 usage=token_usage(transcript.usage),
             )
@@ -120,7 +130,7 @@ def verbose(transcript: Transcript, granularities: frozenset[str]) -> VerboseTra
     words = transcript.words if "word" in granularities else None
     return VerboseTranscriptionResponse(
         task=transcript.task,
-        language=language_name(transcript.language),
+        language=language_name(transcript.spoken_language),
         duration=round(transcript.duration, 3),
         text=transcript.text,
         segments=spoken_segments(transcript) if with_segments else None,

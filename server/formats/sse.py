@@ -23,7 +23,7 @@ from granite_speech_server.formats.openai import (
     TranscriptTextDelta,
     TranscriptTextDone,
 )
-from granite_speech_server.formats.render import logprobs_out, token_usage
+from granite_speech_server.formats.render import languages_out, logprobs_out, token_usage
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,8 @@ async def sse_lines(events: AsyncIterator[TranscriptEvent], *,
                         delta=text, logprobs=logprobs_out(logprobs) if include_logprobs else None))
                 case Finished(transcript=transcript):
                     yield sse_data(TranscriptTextDone(
-                        text=transcript.text, usage=token_usage(transcript.usage),
+                        text=transcript.text, languages=languages_out(transcript),
+                        usage=token_usage(transcript.usage),
                         logprobs=logprobs_out(transcript.logprobs) if include_logprobs else None))
     except Exception as exc:  # noqa: BLE001 - every failure ends the stream with its event
         if not isinstance(exc, ServerError):

@@ -8,11 +8,12 @@ from granite_speech_server.api.audio_form import TranscriptionForm, TranslationF
 from granite_speech_server.app import create_app
 from tests.api.conftest import api_settings
 
-TRANSCRIPTION_FIELDS = ["file", "model", "language", "prompt", "response_format", "temperature",
-                        "timestamp_granularities[]", "include[]", "stream", "keywords",
-                        "chunking_strategy"]
+TRANSCRIPTION_FIELDS = ["file", "model", "language", "languages", "prompt", "keywords",
+                        "response_format", "temperature", "timestamp_granularities", "include",
+                        "stream", "chunking_strategy", "hotwords"]
 TRANSLATION_FIELDS = ["file", "model", "prompt", "response_format", "temperature", "language",
-                      "to_language", "stream", "keywords", "chunking_strategy"]
+                      "languages", "to_language", "keywords", "timestamp_granularities",
+                      "include", "stream", "chunking_strategy", "hotwords"]
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +32,7 @@ def test_each_field_is_documented_in_openai_order(schema, path, form, fields):
     name = content["schema"]["$ref"].rsplit("/", 1)[-1]
     properties = schema["components"]["schemas"][name]["properties"]
     assert list(properties) == fields
-    assert form.field_names() == set(fields)
+    assert list(form.model_fields) == fields
     assert all(properties[field]["description"] for field in fields)
     assert properties["file"]["contentMediaType"] == "application/octet-stream"
     assert schema["components"]["schemas"][name]["required"] == ["file", "model"]

@@ -23,8 +23,9 @@ async def test_json_is_text_and_token_usage(client, fake_engine, speech_wav):
     assert response.headers["content-type"] == "application/json"
     assert not any(name.startswith("x-usage-") for name in response.headers)
     body = response.json()
-    assert list(body) == ["text", "usage"]
+    assert list(body) == ["text", "languages", "usage"]
     assert body["text"] == TEXT
+    assert body["languages"] == [{"code": "en"}]  # "hello world", told from the text
     usage = Transcription.model_validate(body).usage
     assert usage.type == "tokens"
     assert usage.input_tokens == prompt_tokens(fake_engine)

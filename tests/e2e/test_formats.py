@@ -1,8 +1,7 @@
-"""Every response format, logprobs, keywords and unknown fields, over the live server."""
+"""Every response format, logprobs, keywords, languages and unknown fields, over the live
+server."""
 
 from __future__ import annotations
-
-import logging
 
 import openai
 import pytest
@@ -92,10 +91,44 @@ async def test_keywords_and_prompt_reach_the_prompt(http, speech_files):
     assert details["audio_tokens"] == plain["input_token_details"]["audio_tokens"]
 
 
-async def test_unknown_fields_are_accepted_and_logged(http, speech_files, caplog):
-    with caplog.at_level(logging.INFO, logger="granite_speech_server.api.audio_form"):
-        await transcribe(http, speech_files, future_option="1", chunking_whatever="x")
-    assert "chunking_whatever, future_option" in caplog.text
+async def test_the_current_sdk_s_keywords_are_the_prompt_s_keywords(server_url, http,
+                                                                   speech_files):
+    """openai-python sends ``keywords[]``: the engine reads the same prompt as for the
+    ``keywords`` extension and ``prompt`` (vLLM's own count of its text tokens), not the
+    plain one."""
+    client = openai.AsyncOpenAI(base_url=f"{server_url}/v1", api_key="unused", max_retries=0)
+    file = ("speech.wav", speech_files["wav"])
+    plain = await client.audio.transcriptions.create(model=MODEL, file=file)
+    sdk = await client.audio.transcriptions.create(model=MODEL, file=file,
+                                                   keywords=["Granite", "vLLM"])
+    spoken = sdk.usage.input_token_details
+    assert spoken.text_tokens > plain.usage.input_token_details.text_tokens
+    for form in ({"keywords": "Granite, vLLM"}, {"prompt": "Granite; vLLM"}):
+        usage = (await transcribe(http, speech_files, **form)).json()["usage"]
+        assert usage["input_token_details"]["text_tokens"] == spoken.text_tokens
+
+
+async def test_languages_says_what_the_transcript_is_written_in(server_url, speech_files):
+    """The test model writes English digit words: detected as English, and the name in
+    verbose_json when the client named no language."""
+    client = openai.AsyncOpenAI(base_url=f"{server_url}/v1", api_key="unused", max_retries=0)
+    file = ("speech.wav", speech_files["wav"])
+    result = await client.audio.transcriptions.create(model=MODEL, file=file)
+    assert [language.code for language in result.languages] == ["en"]
+    verbose = await client.audio.transcriptions.create(model=MODEL, file=file,
+                                                       response_format="verbose_json")
+    assert verbose.language == "english"
+    restricted = await client.audio.transcriptions.create(model=MODEL, file=file,
+                                                          languages=["fr", "es"])
+    assert restricted.languages == [] and restricted.text == result.text
+
+
+async def test_unknown_fields_are_refused_by_name(http, speech_files):
+    response = await http.post("/v1/audio/transcriptions",
+                               files={"file": ("speech.wav", speech_files["wav"])},
+                               data={"model": MODEL, "future_option": "1"})
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "future_option"
 
 
 async def test_word_timestamps_cover_every_word_in_order(server_url, speech_files):

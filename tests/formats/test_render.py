@@ -73,14 +73,32 @@ def test_json_is_text_and_usage():
     response = render(transcript(), "json")
     assert response.media_type == "application/json"
     assert body(response) == {"text": "Hello there. Café au lait, au lait, au lait.",
-                              "usage": EXPECTED_USAGE}
+                              "languages": [], "usage": EXPECTED_USAGE}
     assert Transcription.model_validate(body(response)).usage.total_tokens == 149
+
+
+def test_json_languages_are_the_detected_ones_and_only_for_transcriptions():
+    detected = transcript(language=None, detected_languages=("fr",))
+    data = body(render(detected, "json"))
+    assert data["languages"] == [{"code": "fr"}]
+    assert [lang.code for lang in Transcription.model_validate(data).languages] == ["fr"]
+    # OpenAI's translation has no languages: the text is in the target language.
+    translated = transcript(task="translate", detected_languages=("fr",))
+    assert "languages" not in body(render(translated, "json"))
+
+
+def test_verbose_language_is_the_client_s_else_the_detected_one():
+    def language(**changes) -> str:
+        return body(render(transcript(**changes), "verbose_json"))["language"]
+    assert language(language=None, detected_languages=("de",)) == "german"
+    assert language(language="en", detected_languages=("de",)) == "english"
+    assert language(language=None) == "unknown"  # nothing could be told
 
 
 def test_json_logprobs_only_when_asked():
     assert "logprobs" not in body(render(transcript(), "json"))
     data = body(render(transcript(), "json", include_logprobs=True))
-    assert list(data) == ["text", "logprobs", "usage"]
+    assert list(data) == ["text", "languages", "logprobs", "usage"]
     assert data["logprobs"][0] == {"token": "Hello", "logprob": -0.1,
                                    "bytes": [72, 101, 108, 108, 111]}
     assert data["logprobs"][4] == {"token": "é", "logprob": -2.0, "bytes": [0xC3, 0xA9]}

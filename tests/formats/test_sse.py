@@ -23,7 +23,7 @@ from granite_speech_server.formats.sse import event_stream
 
 USAGE = Usage(audio_tokens=12, text_tokens=3, output_tokens=2, seconds=1.0)
 DONE = Finished(Transcript(task="transcribe", text="a b", language=None, duration=1.0,
-                           segments=[], usage=USAGE))
+                           segments=[], usage=USAGE, detected_languages=("en",)))
 
 
 async def events_of(*items, error: BaseException | None = None):
@@ -48,6 +48,7 @@ async def test_deltas_then_done_with_usage():
     assert [e.get("delta") for e in events[:2]] == ["a", " b"]
     assert "logprobs" not in events[0] and "logprobs" not in events[2]
     assert events[2]["usage"]["total_tokens"] == 17
+    assert events[2]["languages"] == [{"code": "en"}]
 
 
 async def test_logprobs_when_asked():
