@@ -31,7 +31,7 @@ async def test_health_and_readiness(http):
 async def test_openapi_documents_every_form_field(http):
     spec = (await http.get("/openapi.json")).json()
     schemas = spec["components"]["schemas"]
-    for path, extensions in [("/v1/audio/transcriptions", {"keywords"}),
+    for path, extensions in [("/v1/audio/transcriptions", {"keywords", "languages", "hotwords"}),
                              ("/v1/audio/translations", {"keywords", "to_language"})]:
         operation = spec["paths"][path]["post"]
         body = operation["requestBody"]["content"]["multipart/form-data"]["schema"]["$ref"]
