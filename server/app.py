@@ -16,7 +16,7 @@ from starlette.routing import Match
 from starlette.types import Scope
 
 from granite_speech_server import lifecycle, memory
-from granite_speech_server.api import audio, health, models
+from granite_speech_server.api import audio, health, models, realtime
 from granite_speech_server.api.auth import OPEN_PATHS, ApiKeys, AuthMiddleware
 from granite_speech_server.api.context import RequestContextMiddleware
 from granite_speech_server.api.envelope import error_response
@@ -64,7 +64,7 @@ def create_app(settings: Settings, engine: SpeechEngine | None = None) -> FastAP
         lifespan=lifespan,
     )
     app.state.server = state
-    for router in (audio.router, models.router, health.router):
+    for router in (audio.router, realtime.router, models.router, health.router):
         app.include_router(router)
     # Outermost last: context (id, deadline, access log, metrics) sees every answer,
     # including the refusals of auth (401), the gate (503/429) and the upload limit (413).

@@ -88,6 +88,18 @@ class Settings(BaseSettings):
         "engine work is aborted and the answer is 504 (an error event once a stream began). "
         "0: no limit.",
     )
+    realtime_max_sessions: int = Field(
+        32, ge=0, description="Realtime WebSocket sessions open at once; more are refused "
+        "before the upgrade (429). 0: no limit."
+    )
+    realtime_max_buffer_seconds: float = Field(
+        120.0, gt=0, description="Uncommitted audio a realtime session may hold (manual "
+        "commits); an append beyond it is dropped with an error event."
+    )
+    realtime_idle_timeout_seconds: float = Field(
+        300.0, ge=0, description="A realtime session that sends nothing this long is closed. "
+        "0: never."
+    )
     shutdown_delay_seconds: float = Field(
         0.0,
         ge=0,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from granite_speech_server.admission import Admission
 from granite_speech_server.asr.ctc import CtcHead
@@ -37,6 +38,8 @@ class AppState:
     request_shutdown: Callable[..., None] = field(default=lambda after_s=0.0: None)
     """Asks the HTTP server to stop, optionally ``after_s`` seconds from now (the
     listener stays open meanwhile); the CLI points it at uvicorn."""
+    realtime_sessions: set[Any] = field(default_factory=set)
+    """The realtime sessions open now (``granite_speech_server.realtime.session``)."""
     engine_start: EngineStart = field(default_factory=EngineStart)
     """The start-up of an engine the app owns (``granite_speech_server.lifecycle``)."""
     phase: ServerPhase = field(init=False)

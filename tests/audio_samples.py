@@ -115,3 +115,24 @@ def _run(cmd: list[str]) -> None:
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({result.returncode}): {result.stderr}")
+
+
+REALTIME_CODECS = {"audio/pcm": ("s16le", 24_000), "audio/pcmu": ("mulaw", 8_000),
+                   "audio/pcma": ("alaw", 8_000)}
+"""OpenAI Realtime's input formats as ffmpeg's raw muxers and their sample rates."""
+
+
+def realtime_stream(clips: list[Path], fmt: str, dst: Path, *, pause_s: float = 1.0) -> bytes:
+    """The clips one after the other, ``pause_s`` of silence before, between and after
+    them, as the raw bytes a Realtime client appends in ``fmt`` (``REALTIME_CODECS``)."""
+    muxer, rate = REALTIME_CODECS[fmt]
+    inputs = [arg for clip in clips for arg in ("-i", str(clip))]
+    silence = f"anullsrc=r={rate}:cl=mono:d={pause_s}"
+    graph = "".join(f"{silence}[s{i}];" for i in range(len(clips) + 1))
+    graph += "".join(f"[{i}:a]aresample={rate},aformat=channel_layouts=mono[a{i}];"
+                     for i in range(len(clips)))
+    graph += "".join(f"[s{i}][a{i}]" for i in range(len(clips)))
+    graph += f"[s{len(clips)}]concat=n={2 * len(clips) + 1}:v=0:a=1[out]"
+    ffmpeg(*inputs, "-filter_complex", graph, "-map", "[out]", "-ar", str(rate), "-ac", "1",
+           "-f", muxer, str(dst))
+    return dst.read_bytes()

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from granite_speech_server.api.envelope import error_response
+from granite_speech_server.api.envelope import answer_error
 from granite_speech_server.errors import Unauthorized
 
 OPEN_PATHS = frozenset({"/health", "/ready", "/metrics", "/docs", "/docs/oauth2-redirect",
@@ -64,10 +64,12 @@ class AuthMiddleware:
         self.open_paths = open_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and self.keys.enabled and scope["path"] not in self.open_paths:
+        if scope["type"] in ("http", "websocket") and self.keys.enabled \
+                and scope["path"] not in self.open_paths:
             try:
                 self.keys.check(Headers(scope=scope).get("authorization"))
             except Unauthorized as exc:
-                await error_response(exc)(scope, receive, send)
+                await answer_error(exc, scope, receive, send)
                 return
         await self.app(scope, receive, send)
+

@@ -1,0 +1,106 @@
+"""GET /v1/realtime?intent=transcription: OpenAI's Realtime transcription sessions over a
+WebSocket (``granite_speech_server.realtime.session`` speaks the protocol).
+
+Refusals come before the upgrade, as HTTP answers in OpenAI's envelope: a wrong key (the
+auth middleware), a server that isn't serving (503), the session limit (429), an intent
+or model this server doesn't have (400, 404). Once open, the socket carries JSON events
+both ways until the client closes it, goes silent for the idle timeout, or the server
+stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from fastapi import APIRouter, Query, WebSocket
+from starlette.websockets import WebSocketDisconnect
+
+from granite_speech_server.api.audio_form import check_model
+from granite_speech_server.api.envelope import answer_error
+from granite_speech_server.errors import InvalidRequest, ServerError, TooManyRequests
+from granite_speech_server.realtime.session import RealtimeSession
+from granite_speech_server.state import AppState
+
+log = logging.getLogger(__name__)
+router = APIRouter(tags=["realtime"])
+
+POLICY_VIOLATION = 1008
+"""The close code of a session ended by the server over the client's conduct (idle)."""
+
+
+@router.websocket("/v1/realtime")
+async def realtime(websocket: WebSocket,
+                   intent: str | None = Query(None, description="`transcription`."),
+                   model: str | None = Query(None, description="A served model name.")) -> None:
+    state: AppState = websocket.app.state.server
+    try:
+        session = open_session(state, websocket, intent, model)
+    except ServerError as exc:
+        await answer_error(exc, websocket.scope, websocket.receive, websocket.send)
+        return
+    await websocket.accept()
+    state.realtime_sessions.add(session)
+    client_left = True
+    try:
+        await session.start()
+        client_left = await serve(websocket, session, state.settings.realtime_idle_timeout_seconds)
+    finally:
+        state.realtime_sessions.discard(session)
+        await session.close(wait=not client_left)
+
+
+def open_session(state: AppState, websocket: WebSocket, intent: str | None,
+                 model: str | None) -> RealtimeSession:
+    if (refusal := state.phase.refusal()) is not None:
+        raise refusal
+    if intent != "transcription":
+        raise InvalidRequest("This server's realtime sessions are transcription sessions: "
+                             "connect with ?intent=transcription.", param="intent")
+    served = state.settings.model_names
+    if model is not None:
+        check_model(served, model)
+    limit = state.settings.realtime_max_sessions
+    if limit and len(state.realtime_sessions) >= limit:
+        raise TooManyRequests(f"This server has its limit of {limit} realtime sessions open.",
+                              headers={"Retry-After": "1"})
+    lock = asyncio.Lock()
+
+    async def send(event: dict[str, Any]) -> None:
+        async with lock:  # transcriptions and the reader send from their own tasks
+            await websocket.send_text(json.dumps(event, ensure_ascii=False))
+
+    return RealtimeSession(
+        transcriber=state.transcriber, network=state.vad, send=send, served_models=served,
+        model=model or served[0], max_turn_seconds=state.settings.max_segment_seconds,
+        max_buffer_seconds=state.settings.realtime_max_buffer_seconds)
+
+
+async def serve(websocket: WebSocket, session: RealtimeSession, idle_timeout: float) -> bool:
+    """Reads and handles the client's events until the socket ends. True when the client
+    went away (its transcriptions are then cancelled), False when the server closed it."""
+    while True:
+        try:
+            message = await asyncio.wait_for(websocket.receive_text(), idle_timeout or None)
+        except WebSocketDisconnect:
+            return True
+        except TimeoutError:
+            await session.error(InvalidRequest(f"No event for {idle_timeout:g} s: the session "
+                                               "is closed.", code="session_idle_timeout"))
+            await websocket.close(POLICY_VIOLATION, "idle timeout")
+            return False
+        except (KeyError, RuntimeError):
+            # A binary frame (receive_text finds no text) or a socket already gone.
+            await session.error(InvalidRequest("Events are JSON text frames.",
+                                               code="invalid_event"))
+            continue
+        try:
+            event = json.loads(message)
+        except json.JSONDecodeError as exc:
+            await session.error(InvalidRequest(f"An event is not JSON: {exc}.",
+                                               code="invalid_json"))
+            continue
+        await session.handle(event)
+
