@@ -1,5 +1,5 @@
 """GET /v1/realtime?intent=transcription: OpenAI's Realtime transcription sessions over a
-WebSocket (``granite_speech_server.realtime.session`` speaks the protocol).
+WebSocket (``granite_speech_server.realtime.transcription`` speaks the protocol).
 
 Refusals come before the upgrade, as HTTP answers in OpenAI's envelope: a wrong key (the
 auth middleware), a server that isn't serving (503), the session limit (429), an intent
@@ -21,23 +21,44 @@ from starlette.websockets import WebSocketDisconnect
 from granite_speech_server.api.audio_form import check_model
 from granite_speech_server.api.envelope import answer_error
 from granite_speech_server.errors import InvalidRequest, ServerError, TooManyRequests
-from granite_speech_server.realtime.session import RealtimeSession
+from granite_speech_server.realtime.live import LiveSession
+from granite_speech_server.realtime.transcription import TranscriptionSession
+from granite_speech_server.realtime.translation import TranslationSession
 from granite_speech_server.state import AppState
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["realtime"])
 
+NORMAL_CLOSURE = 1000
 POLICY_VIOLATION = 1008
 """The close code of a session ended by the server over the client's conduct (idle)."""
 
 
 @router.websocket("/v1/realtime")
-async def realtime(websocket: WebSocket,
-                   intent: str | None = Query(None, description="`transcription`."),
-                   model: str | None = Query(None, description="A served model name.")) -> None:
+async def transcription_session(
+        websocket: WebSocket,
+        intent: str | None = Query(None, description="`transcription`."),
+        model: str | None = Query(None, description="A served model name.")) -> None:
+    if intent != "transcription":
+        refusal = InvalidRequest("This server's realtime sessions are transcription sessions "
+                                 "(connect with ?intent=transcription) and translation "
+                                 "sessions (/v1/realtime/translations).", param="intent")
+        await answer_error(refusal, websocket.scope, websocket.receive, websocket.send)
+        return
+    await run_session(websocket, TranscriptionSession, model)
+
+
+@router.websocket("/v1/realtime/translations")
+async def translation_session(
+        websocket: WebSocket,
+        model: str | None = Query(None, description="A served model name.")) -> None:
+    await run_session(websocket, TranslationSession, model)
+
+
+async def run_session(websocket: WebSocket, kind: type[LiveSession], model: str | None) -> None:
     state: AppState = websocket.app.state.server
     try:
-        session = open_session(state, websocket, intent, model)
+        session = open_session(state, websocket, kind, model)
     except ServerError as exc:
         await answer_error(exc, websocket.scope, websocket.receive, websocket.send)
         return
@@ -52,13 +73,10 @@ async def realtime(websocket: WebSocket,
         await session.close(wait=not client_left)
 
 
-def open_session(state: AppState, websocket: WebSocket, intent: str | None,
-                 model: str | None) -> RealtimeSession:
+def open_session(state: AppState, websocket: WebSocket, kind: type[LiveSession],
+                 model: str | None) -> LiveSession:
     if (refusal := state.phase.refusal()) is not None:
         raise refusal
-    if intent != "transcription":
-        raise InvalidRequest("This server's realtime sessions are transcription sessions: "
-                             "connect with ?intent=transcription.", param="intent")
     served = state.settings.model_names
     if model is not None:
         check_model(served, model)
@@ -69,16 +87,16 @@ def open_session(state: AppState, websocket: WebSocket, intent: str | None,
     lock = asyncio.Lock()
 
     async def send(event: dict[str, Any]) -> None:
-        async with lock:  # transcriptions and the reader send from their own tasks
+        async with lock:  # the session's work and its reader send from their own tasks
             await websocket.send_text(json.dumps(event, ensure_ascii=False))
 
-    return RealtimeSession(
-        transcriber=state.transcriber, network=state.vad, send=send, served_models=served,
-        model=model or served[0], max_turn_seconds=state.settings.max_segment_seconds,
-        max_buffer_seconds=state.settings.realtime_max_buffer_seconds)
+    return kind(transcriber=state.transcriber, network=state.vad, send=send,
+                served_models=served, model=model or served[0],
+                max_turn_seconds=state.settings.max_segment_seconds,
+                max_buffer_seconds=state.settings.realtime_max_buffer_seconds)
 
 
-async def serve(websocket: WebSocket, session: RealtimeSession, idle_timeout: float) -> bool:
+async def serve(websocket: WebSocket, session: LiveSession, idle_timeout: float) -> bool:
     """Reads and handles the client's events until the socket ends. True when the client
     went away (its transcriptions are then cancelled), False when the server closed it."""
     while True:
@@ -103,4 +121,7 @@ async def serve(websocket: WebSocket, session: RealtimeSession, idle_timeout: fl
                                                code="invalid_json"))
             continue
         await session.handle(event)
+        if session.closed:  # a translation session's session.close
+            await websocket.close(NORMAL_CLOSURE)
+            return False
 

@@ -18,6 +18,9 @@ from openai.types.realtime import (
     InputAudioBufferCommittedEvent,
     InputAudioBufferSpeechStartedEvent,
     RealtimeErrorEvent,
+    RealtimeTranslationOutputTranscriptDeltaEvent,
+    RealtimeTranslationSessionCreatedEvent,
+    RealtimeTranslationSessionUpdatedEvent,
     SessionCreatedEvent,
     SessionUpdatedEvent,
 )
@@ -211,3 +214,47 @@ def test_api_keys_and_the_session_limit_are_checked_before_the_upgrade(fake_engi
             assert full.value.status_code == 429
         with client.websocket_connect(URL, headers=auth) as ws:  # the slot is free again
             assert json.loads(ws.receive_text())["type"] == "session.created"
+
+
+TRANSLATIONS = "/v1/realtime/translations?model=whisper-1"
+
+
+def test_a_translation_session_in_the_sdk_s_shapes(tokenizer, speech_pcm):
+    engine = FakeEngine(tokenizer, texts=[" bonjour"])
+    with app_client(engine) as client, client.websocket_connect(TRANSLATIONS) as ws:
+        created = RealtimeTranslationSessionCreatedEvent.model_validate_json(ws.receive_text())
+        assert created.session.audio.output.language == "en"
+        assert created.session.model_extra["output_modalities"] == ["text"]
+        send(ws, "session.update", session={"audio": {"output": {"language": "fr"}}})
+        updated = RealtimeTranslationSessionUpdatedEvent.model_validate_json(ws.receive_text())
+        assert updated.session.audio.output.language == "fr"
+        for start in range(0, len(speech_pcm), 4800):
+            send(ws, "session.input_audio_buffer.append",
+                 audio=base64.b64encode(speech_pcm[start:start + 4800]).decode())
+        send(ws, "session.close")
+        events = until(ws, "session.closed")
+        assert ws.receive()["code"] == 1000
+    deltas = [RealtimeTranslationOutputTranscriptDeltaEvent.model_validate(e)
+              for e in events if e["type"] == "session.output_transcript.delta"]
+    assert "".join(d.delta for d in deltas) == "bonjour bonjour"  # two turns, in order
+    assert deltas[-1].elapsed_ms % 200 == 0 and deltas[-1].elapsed_ms > deltas[0].elapsed_ms
+    assert not any(e["type"] == "session.input_transcript.delta" for e in events)  # not asked
+    prompts = {engine.tokenizer.decode(r.prompt_token_ids) for r in engine.requests}
+    assert all("translate the speech to French" in prompt for prompt in prompts)
+
+
+@pytest.mark.parametrize(("session", "param"), [
+    ({"audio": {"output": {"language": "ko"}}}, "session.audio.output.language"),
+    ({"audio": {"input": {"transcription": {"model": "gpt-4o-transcribe"}}}}, "model"),
+    ({"audio": {"input": {"noise_reduction": {"type": "near_field"}}}},
+     "session.audio.input.noise_reduction"),
+    ({"voice": "alloy"}, "session.voice"),
+])
+def test_what_a_translation_session_can_t_do_is_an_error(client, session, param):
+    with client.websocket_connect(TRANSLATIONS) as ws:
+        ws.receive_text()
+        send(ws, "session.update", session=session)
+        error = RealtimeErrorEvent.model_validate_json(ws.receive_text())
+        assert error.error.param == param
+        send(ws, "session.update", session={})
+        assert json.loads(ws.receive_text())["session"]["audio"]["output"]["language"] == "en"

@@ -194,3 +194,39 @@ async def test_eight_sessions_at_once_are_each_transcribed(server_url, streams, 
         return transcripts(seen)
 
     assert await asyncio.gather(*[one() for _ in range(8)]) == [file_texts] * 8
+
+
+async def test_sdk_translation_session_into_french(server_url, clips, streams):
+    """``client.realtime.translations.connect``: each turn translated as it ends, the
+    French in turn order as output deltas, the English as input deltas, then closed."""
+    client = openai.AsyncOpenAI(base_url=f"{server_url}/v1", api_key="unused", max_retries=0)
+    expected = [(await client.audio.translations.create(
+        model=MODEL, file=(clip.name, clip.read_bytes()),
+        extra_body={"to_language": "fr", "language": "en"})).text for clip in clips]
+    heard = [(await client.audio.transcriptions.create(
+        model=MODEL, file=(clip.name, clip.read_bytes()))).text for clip in clips]
+    assert all(expected) and all(heard)
+    async with client.realtime.translations.connect(model=MODEL) as connection:
+        created = await connection.recv()
+        assert created.type == "session.created" and created.session.type == "translation"
+        await connection.session.update(session={"audio": {
+            "output": {"language": "fr"}, "input": {"transcription": {"model": MODEL}}}})
+        updated = await connection.recv()
+        assert updated.session.audio.output.language == "fr"
+        for chunk in chunks(streams["audio/pcm"], "audio/pcm"):
+            await connection.session.input_audio_buffer.append(audio=chunk)
+        await connection.session.close()
+        events = [event async for event in _until_closed(connection)]
+    assert events[-1].type == "session.closed"
+    output = "".join(e.delta for e in events if e.type == "session.output_transcript.delta")
+    source = "".join(e.delta for e in events if e.type == "session.input_transcript.delta")
+    assert output == " ".join(expected)
+    assert source == " ".join(heard)
+    assert not [e for e in events if e.type in ("error", "session.output_audio.delta")]
+
+
+async def _until_closed(connection):
+    async for event in connection:
+        yield event
+        if event.type == "session.closed":
+            return

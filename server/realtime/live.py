@@ -1,0 +1,152 @@
+"""What every realtime session does with its live audio, whatever it makes of the turns.
+
+A client event at a time (``handle``); ``append`` decodes and resamples the audio, runs the
+server VAD over it and hands each turn event to the session's ``on_turn_event``; audio no
+turn can need any more is let go. Server events leave through ``send``. A client's mistake
+raised as a ``ServerError`` becomes an ``error`` event and the session goes on. Work a
+session starts (transcriptions, translations) is tracked, so closing it waits for that
+work (a drain) or cancels it, which aborts it in the engine (a client that left).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+from granite_speech_server.audio.features import SAMPLE_RATE
+from granite_speech_server.audio.silero import SileroNetwork
+from granite_speech_server.errors import InvalidRequest, ServerError, error_body
+from granite_speech_server.realtime.audio_in import InputAudio
+from granite_speech_server.realtime.buffer import StreamBuffer
+from granite_speech_server.realtime.turns import ServerVad, TurnDetector, TurnEvent
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:20]}"
+
+
+def ms(samples: int) -> int:
+    return samples * 1000 // SAMPLE_RATE
+
+
+class LiveSession:
+    def __init__(self, *, network: SileroNetwork, send: Send, format_type: str,
+                 vad: ServerVad | None, max_turn_seconds: float,
+                 max_buffer_seconds: float) -> None:
+        self.id = new_id("sess")
+        self.network = network
+        self.send = send
+        self.max_turn_samples = int(max_turn_seconds * SAMPLE_RATE)
+        self.max_buffer_samples = int(max_buffer_seconds * SAMPLE_RATE)
+        self.audio = InputAudio(format_type)
+        self.buffer = StreamBuffer()
+        self.vad = vad
+        self.detector = self._new_detector()
+        self.work: set[asyncio.Task] = set()
+        self.closed = False
+        """Set when the client asked the session to end (its socket then closes)."""
+
+    # ---- what a session makes of its events and turns ------------------------------------
+
+    def session_object(self) -> dict[str, Any]:
+        """The effective configuration, as ``session.created`` / ``updated`` carry it."""
+        raise NotImplementedError
+
+    async def dispatch(self, event: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    async def on_turn_event(self, event: TurnEvent) -> None:
+        raise NotImplementedError
+
+    # ---- in --------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.emit("session.created", session=self.session_object())
+
+    async def handle(self, event: Any) -> None:
+        client_event_id = event.get("event_id") if isinstance(event, dict) else None
+        try:
+            if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+                raise InvalidRequest("An event is a JSON object with a string `type`.",
+                                     param="type", code="invalid_event")
+            await self.dispatch(event)
+        except ServerError as exc:
+            await self.error(exc, client_event_id)
+
+    async def append(self, audio: Any) -> None:
+        if not isinstance(audio, str):
+            raise InvalidRequest("`audio` must be a base64 string.", param="audio",
+                                 code="invalid_value")
+        try:
+            data = base64.b64decode(audio, validate=True)
+        except (binascii.Error, ValueError):
+            raise InvalidRequest("`audio` is not valid base64.", param="audio",
+                                 code="invalid_value") from None
+        if self.buffer.uncommitted + self.audio.samples_in(data) > self.max_buffer_samples:
+            raise InvalidRequest(
+                f"The input audio buffer holds its limit of "
+                f"{self.max_buffer_samples // SAMPLE_RATE} s of audio not yet taken by a "
+                "turn: commit or clear it (the append was dropped).",
+                param="audio", code="input_audio_buffer_full")
+        for turn_event in await asyncio.to_thread(self._take_in, data):
+            await self.on_turn_event(turn_event)
+        self.buffer.committed = self._keep_from()
+        self.buffer.forget_before(self.buffer.committed)
+
+    def set_format(self, format_type: str) -> None:
+        if format_type != self.audio.format_type:
+            self.audio = InputAudio(format_type)
+
+    def set_vad(self, vad: ServerVad | None) -> None:
+        if vad != self.vad:
+            self.vad = vad
+            self.detector = self._new_detector()
+
+    def _take_in(self, data: bytes) -> list[TurnEvent]:
+        """Worker thread: decode, resample, and run the VAD over the new audio."""
+        samples = self.audio.push(data)
+        self.buffer.append(samples)
+        return self.detector.detect(samples) if self.detector is not None else []
+
+    def _keep_from(self) -> int:
+        """Audio before this can't be part of any turn any more: with the server VAD
+        and no one speaking, all but the prefix padding's worth (and a second more)."""
+        if self.detector is None or self.detector.speaking or self.vad is None:
+            return self.buffer.committed
+        padding = self.vad.samples(self.vad.prefix_padding_ms)
+        return max(self.buffer.committed, self.buffer.end - padding - SAMPLE_RATE)
+
+    def _new_detector(self) -> TurnDetector | None:
+        if self.vad is None:
+            return None
+        return TurnDetector(self.network, self.vad, self.max_turn_samples,
+                            floor=self.buffer.end)
+
+    # ---- out -------------------------------------------------------------------------------
+
+    async def emit(self, event_type: str, **fields: Any) -> None:
+        await self.send({"type": event_type, "event_id": new_id("event"), **fields})
+
+    async def error(self, exc: BaseException, client_event_id: str | None = None) -> None:
+        await self.emit("error", error={**error_body(exc)["error"], "event_id": client_event_id})
+
+    def start_work(self, work: Coroutine[Any, Any, None]) -> asyncio.Task:
+        task = asyncio.create_task(work)
+        self.work.add(task)
+        task.add_done_callback(self.work.discard)
+        return task
+
+    async def close(self, *, wait: bool) -> None:
+        """Ends the session: its work finishes first when ``wait`` (a drain), or is
+        cancelled, which aborts it in the engine (a client that left)."""
+        tasks = list(self.work)
+        if not wait:
+            for task in tasks:
+                task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
