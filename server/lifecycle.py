@@ -167,6 +167,16 @@ class GracefulServer(uvicorn.Server):
         self.stop(settings.shutdown_delay_seconds)
 
     async def on_tick(self, counter: int) -> bool:
-        if self._stop_at is not None and time.monotonic() >= self._stop_at:
+        now = time.monotonic()
+        if self._stop_at is not None and now >= self._stop_at \
+                and not self._realtime_sessions_draining(now):
             self.should_exit = True
         return await super().on_tick(counter)
+
+    def _realtime_sessions_draining(self, now: float) -> bool:
+        """uvicorn's shutdown cuts every WebSocket at once (1012): while realtime sessions
+        finish their turns in the drain (then close with 1001), within the grace period,
+        it waits. HTTP requests are uvicorn's to wait for, after."""
+        grace = self.state.settings.shutdown_grace_seconds
+        return (self.state.phase.current is Phase.DRAINING and bool(self.state.realtime_sessions)
+                and now < self._stop_at + grace)

@@ -45,6 +45,7 @@ class Metrics:
         engine_load: EngineLoad,
         inflight_requests: Callable[[], float],
         inflight_audio_seconds: Callable[[], float],
+        realtime_sessions: Callable[[], float] = lambda: 0,
     ) -> None:
         self.registry = registry = CollectorRegistry()
         request_labels = ["endpoint", "method", "status", "response_format"]
@@ -94,6 +95,18 @@ class Metrics:
               registry=registry).set_function(inflight_requests)
         Gauge(f"{PREFIX}_inflight_audio_seconds", "Duration of the audio of the admitted "
               "requests not finished yet.", registry=registry).set_function(inflight_audio_seconds)
+        Gauge(f"{PREFIX}_realtime_sessions", "Realtime WebSocket sessions open.",
+              registry=registry).set_function(realtime_sessions)
+        self.realtime_turns = Counter(
+            f"{PREFIX}_realtime_turns", "Turns of realtime sessions sent to the engine, by "
+            "session kind (transcription, translation).", ["session"], registry=registry)
+        self.realtime_audio = Counter(
+            f"{PREFIX}_realtime_audio_received_seconds", "Audio appended to realtime "
+            "sessions, by session kind.", ["session"], registry=registry)
+        self.realtime_turn_latency = Histogram(
+            f"{PREFIX}_realtime_turn_latency_seconds", "From a turn's end (speech stopped, a "
+            "cut or a commit) to its final transcript or translation.", ["session"],
+            buckets=FIRST_DELTA_BUCKETS, registry=registry)
         registry.register(_EngineLoadCollector(engine_load))
 
     def observe_request(self, endpoint: str, method: str, status: int,

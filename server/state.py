@@ -53,7 +53,8 @@ class AppState:
                                    self.settings.max_inflight_audio_seconds)
         self.metrics = Metrics(engine_load=self._engine_load,
                                inflight_requests=lambda: self.admission.requests,
-                               inflight_audio_seconds=lambda: self.admission.audio_seconds)
+                               inflight_audio_seconds=lambda: self.admission.audio_seconds,
+                               realtime_sessions=lambda: len(self.realtime_sessions))
 
     @property
     def transcriber(self) -> Transcriber | None:

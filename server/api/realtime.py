@@ -16,12 +16,12 @@ import logging
 from typing import Any
 
 from fastapi import APIRouter, Query, WebSocket
-from starlette.websockets import WebSocketDisconnect
 
 from granite_speech_server.api.audio_form import check_model
 from granite_speech_server.api.envelope import answer_error
 from granite_speech_server.errors import InvalidRequest, ServerError, TooManyRequests
-from granite_speech_server.realtime.live import LiveSession
+from granite_speech_server.phase import Phase
+from granite_speech_server.realtime.live import Accounting, LiveSession
 from granite_speech_server.realtime.transcription import TranscriptionSession
 from granite_speech_server.realtime.translation import TranslationSession
 from granite_speech_server.state import AppState
@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 router = APIRouter(tags=["realtime"])
 
 NORMAL_CLOSURE = 1000
+GOING_AWAY = 1001
+"""The close code of a session ended by the server's drain."""
 POLICY_VIOLATION = 1008
 """The close code of a session ended by the server over the client's conduct (idle)."""
 
@@ -67,7 +69,7 @@ async def run_session(websocket: WebSocket, kind: type[LiveSession], model: str 
     client_left = True
     try:
         await session.start()
-        client_left = await serve(websocket, session, state.settings.realtime_idle_timeout_seconds)
+        client_left = await serve(websocket, session, state)
     finally:
         state.realtime_sessions.discard(session)
         await session.close(wait=not client_left)
@@ -91,37 +93,60 @@ def open_session(state: AppState, websocket: WebSocket, kind: type[LiveSession],
             await websocket.send_text(json.dumps(event, ensure_ascii=False))
 
     return kind(transcriber=state.transcriber, network=state.vad, send=send,
+                accounting=Accounting(state.admission, state.metrics),
                 served_models=served, model=model or served[0],
                 max_turn_seconds=state.settings.max_segment_seconds,
                 max_buffer_seconds=state.settings.realtime_max_buffer_seconds)
 
 
-async def serve(websocket: WebSocket, session: LiveSession, idle_timeout: float) -> bool:
+async def serve(websocket: WebSocket, session: LiveSession, state: AppState) -> bool:
     """Reads and handles the client's events until the socket ends. True when the client
-    went away (its transcriptions are then cancelled), False when the server closed it."""
-    while True:
-        try:
-            message = await asyncio.wait_for(websocket.receive_text(), idle_timeout or None)
-        except WebSocketDisconnect:
-            return True
-        except TimeoutError:
-            await session.error(InvalidRequest(f"No event for {idle_timeout:g} s: the session "
-                                               "is closed.", code="session_idle_timeout"))
-            await websocket.close(POLICY_VIOLATION, "idle timeout")
-            return False
-        except (KeyError, RuntimeError):
-            # A binary frame (receive_text finds no text) or a socket already gone.
-            await session.error(InvalidRequest("Events are JSON text frames.",
-                                               code="invalid_event"))
-            continue
-        try:
-            event = json.loads(message)
-        except json.JSONDecodeError as exc:
-            await session.error(InvalidRequest(f"An event is not JSON: {exc}.",
-                                               code="invalid_json"))
-            continue
-        await session.handle(event)
-        if session.closed:  # a translation session's session.close
-            await websocket.close(NORMAL_CLOSURE)
-            return False
+    went away (its work is then cancelled), False when the server closed it: at the
+    client's ``session.close``, after the idle timeout, or draining on SIGTERM (the turn in
+    progress is finished and sent first)."""
+    idle_timeout = state.settings.realtime_idle_timeout_seconds
+    draining = asyncio.create_task(until_draining(state))
+    try:
+        while True:
+            receiving = asyncio.create_task(websocket.receive())
+            await asyncio.wait({receiving, draining}, timeout=idle_timeout or None,
+                               return_when=asyncio.FIRST_COMPLETED)
+            if not receiving.done():
+                receiving.cancel()
+                if draining.done():
+                    await session.finish()
+                    await websocket.close(GOING_AWAY, "the server is shutting down")
+                else:
+                    await session.error(InvalidRequest(
+                        f"No event for {idle_timeout:g} s: the session is closed.",
+                        code="session_idle_timeout"))
+                    await websocket.close(POLICY_VIOLATION, "idle timeout")
+                return False
+            message = receiving.result()
+            if message["type"] == "websocket.disconnect":
+                return True
+            await handle_message(session, message)
+            if session.closed:  # the client's session.close
+                await websocket.close(NORMAL_CLOSURE)
+                return False
+    finally:
+        draining.cancel()
 
+
+async def handle_message(session: LiveSession, message: dict[str, Any]) -> None:
+    if message.get("text") is None:
+        await session.error(InvalidRequest("Events are JSON text frames.", code="invalid_event"))
+        return
+    try:
+        event = json.loads(message["text"])
+    except json.JSONDecodeError as exc:
+        await session.error(InvalidRequest(f"An event is not JSON: {exc}.", code="invalid_json"))
+        return
+    await session.handle(event)
+
+
+async def until_draining(state: AppState) -> None:
+    """Returns once SIGTERM put the server in its drain (checked every 100 ms: the signal
+    handler sets the phase outside any coroutine)."""
+    while state.phase.current is not Phase.DRAINING:
+        await asyncio.sleep(0.1)

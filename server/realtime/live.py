@@ -13,18 +13,34 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from dataclasses import dataclass
 from typing import Any
 
+from granite_speech_server.admission import Admission
+from granite_speech_server.asr.transcript import Transcript
 from granite_speech_server.audio.features import SAMPLE_RATE
 from granite_speech_server.audio.silero import SileroNetwork
-from granite_speech_server.errors import InvalidRequest, ServerError, error_body
+from granite_speech_server.errors import InvalidRequest, Overloaded, ServerError, error_body
+from granite_speech_server.metrics import Metrics
 from granite_speech_server.realtime.audio_in import InputAudio
 from granite_speech_server.realtime.buffer import StreamBuffer
 from granite_speech_server.realtime.turns import ServerVad, TurnDetector, TurnEvent
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
+METRICS_ENDPOINT = "/v1/realtime"
+"""The ``endpoint`` label of realtime turns in the transcript metrics."""
+
+
+@dataclass(frozen=True)
+class Accounting:
+    """Where a session's turns are admitted and counted: the server's own admission (a
+    turn is audio in flight like an upload) and metrics."""
+
+    admission: Admission
+    metrics: Metrics
 
 
 def new_id(prefix: str) -> str:
@@ -36,10 +52,14 @@ def ms(samples: int) -> int:
 
 
 class LiveSession:
-    def __init__(self, *, network: SileroNetwork, send: Send, format_type: str,
-                 vad: ServerVad | None, max_turn_seconds: float,
+    kind = "live"
+    """The metrics' ``session`` label."""
+
+    def __init__(self, *, network: SileroNetwork, send: Send, accounting: Accounting,
+                 format_type: str, vad: ServerVad | None, max_turn_seconds: float,
                  max_buffer_seconds: float) -> None:
         self.id = new_id("sess")
+        self.accounting = accounting
         self.network = network
         self.send = send
         self.max_turn_samples = int(max_turn_seconds * SAMPLE_RATE)
@@ -49,6 +69,9 @@ class LiveSession:
         self.vad = vad
         self.detector = self._new_detector()
         self.work: set[asyncio.Task] = set()
+        self.pending_samples = 0
+        """Audio of turns taken and not transcribed yet: with what the buffer holds, it
+        bounds what a client sending faster than real time can make the server hold."""
         self.closed = False
         """Set when the client asked the session to end (its socket then closes)."""
 
@@ -63,6 +86,16 @@ class LiveSession:
 
     async def on_turn_event(self, event: TurnEvent) -> None:
         raise NotImplementedError
+
+    async def take_turn_in_progress(self) -> None:
+        """No more audio will come: whatever the turn in progress said is taken."""
+        raise NotImplementedError
+
+    async def finish(self) -> None:
+        """Ends the stream (the client's close, or the server's drain): the turn in
+        progress is taken, then every turn's work is waited for."""
+        await self.take_turn_in_progress()
+        await asyncio.gather(*self.work, return_exceptions=True)
 
     # ---- in --------------------------------------------------------------------------------
 
@@ -88,12 +121,16 @@ class LiveSession:
         except (binascii.Error, ValueError):
             raise InvalidRequest("`audio` is not valid base64.", param="audio",
                                  code="invalid_value") from None
-        if self.buffer.uncommitted + self.audio.samples_in(data) > self.max_buffer_samples:
+        held = self.buffer.uncommitted + self.pending_samples
+        if held + self.audio.samples_in(data) > self.max_buffer_samples:
             raise InvalidRequest(
-                f"The input audio buffer holds its limit of "
-                f"{self.max_buffer_samples // SAMPLE_RATE} s of audio not yet taken by a "
-                "turn: commit or clear it (the append was dropped).",
+                f"The session holds its limit of {self.max_buffer_samples // SAMPLE_RATE} s of "
+                f"audio ({self.buffer.uncommitted / SAMPLE_RATE:.1f} s uncommitted, "
+                f"{self.pending_samples / SAMPLE_RATE:.1f} s being transcribed): commit, clear, "
+                "or send no faster than real time (the append was dropped).",
                 param="audio", code="input_audio_buffer_full")
+        self.accounting.metrics.realtime_audio.labels(self.kind).inc(
+            self.audio.samples_in(data) / SAMPLE_RATE)
         for turn_event in await asyncio.to_thread(self._take_in, data):
             await self.on_turn_event(turn_event)
         self.buffer.committed = self._keep_from()
@@ -135,6 +172,46 @@ class LiveSession:
 
     async def error(self, exc: BaseException, client_event_id: str | None = None) -> None:
         await self.emit("error", error={**error_body(exc)["error"], "event_id": client_event_id})
+
+    @contextlib.contextmanager
+    def admitted_turn(self, samples: int, ended_at: float
+                      ) -> Iterator[Callable[[Transcript | None], None]]:
+        """A turn of ``samples`` (ended at loop time ``ended_at``) admitted as audio in
+        flight, raising ``Overloaded`` beyond the server's bounds; yields the call that
+        records its final event (latency, and the transcript's metrics when given)."""
+        admission, metrics = self.accounting.admission, self.accounting.metrics
+        try:
+            ticket = admission.admit()
+            try:
+                ticket.add_audio(samples / SAMPLE_RATE)
+            except Overloaded:
+                ticket.release()
+                raise
+        except Overloaded as exc:
+            metrics.rejections.labels(exc.error_type).inc()
+            raise
+        metrics.realtime_turns.labels(self.kind).inc()
+        loop = asyncio.get_running_loop()
+
+        def finished(transcript: Transcript | None) -> None:
+            seconds = loop.time() - ended_at
+            metrics.realtime_turn_latency.labels(self.kind).observe(seconds)
+            if transcript is not None:
+                metrics.observe_transcript(METRICS_ENDPOINT, transcript, seconds)
+        try:
+            yield finished
+        finally:
+            ticket.release()
+
+    def start_turn(self, samples: int, work: Coroutine[Any, Any, None]) -> asyncio.Task:
+        """``work`` on a turn of ``samples``, counted as held until ``admitted_turn`` ends."""
+        self.pending_samples += samples
+        task = self.start_work(work)
+        task.add_done_callback(lambda _: self._turn_done(samples))
+        return task
+
+    def _turn_done(self, samples: int) -> None:
+        self.pending_samples -= samples
 
     def start_work(self, work: Coroutine[Any, Any, None]) -> asyncio.Task:
         task = asyncio.create_task(work)

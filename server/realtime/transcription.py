@@ -10,20 +10,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
 from granite_speech_server.api.audio_form import collect_keywords
 from granite_speech_server.asr.transcriber import Transcriber
-from granite_speech_server.asr.transcript import Finished, TextDelta, TranscriptionOptions
+from granite_speech_server.asr.transcript import (
+    Finished,
+    TextDelta,
+    Transcript,
+    TranscriptionOptions,
+)
 from granite_speech_server.audio.features import SAMPLE_RATE
 from granite_speech_server.audio.silero import SileroNetwork
 from granite_speech_server.errors import InvalidRequest, ServerError, error_body
 from granite_speech_server.formats.render import languages_out, logprobs_out, token_usage
 from granite_speech_server.realtime.config import SessionConfig, check_update
-from granite_speech_server.realtime.live import LiveSession, Send, ms, new_id
+from granite_speech_server.realtime.live import Accounting, LiveSession, Send, ms, new_id
 from granite_speech_server.realtime.turns import (
     SpeechStarted,
     SpeechStopped,
@@ -41,11 +46,14 @@ UNSUPPORTED_EVENTS = ("response.", "conversation.item.create", "conversation.ite
 
 
 class TranscriptionSession(LiveSession):
+    kind = "transcription"
+
     def __init__(self, *, transcriber: Transcriber, network: SileroNetwork, send: Send,
-                 served_models: Sequence[str], model: str, max_turn_seconds: float,
-                 max_buffer_seconds: float) -> None:
+                 accounting: Accounting, served_models: Sequence[str], model: str,
+                 max_turn_seconds: float, max_buffer_seconds: float) -> None:
         self.config = SessionConfig.default(model)
-        super().__init__(network=network, send=send, format_type=self.config.format_type,
+        super().__init__(network=network, send=send, accounting=accounting,
+                         format_type=self.config.format_type,
                          vad=self.config.turn_detection, max_turn_seconds=max_turn_seconds,
                          max_buffer_seconds=max_buffer_seconds)
         self.transcriber = transcriber
@@ -90,6 +98,13 @@ class TranscriptionSession(LiveSession):
             self.detector.end_turn(end)
         await self._commit(self.buffer.committed, end, self.turn_item)
 
+    async def take_turn_in_progress(self) -> None:
+        end = self.buffer.end
+        if self.detector is not None and self.detector.speaking \
+                and end - self.buffer.committed >= MIN_COMMIT_SAMPLES:
+            self.detector.end_turn(end)
+            await self._commit(self.buffer.committed, end, self.turn_item)
+
     async def clear(self) -> None:
         self.buffer.clear()
         if self.detector is not None:
@@ -125,31 +140,18 @@ class TranscriptionSession(LiveSession):
                         previous_item_id=previous)
         await self.emit("conversation.item.added", item=user_item(item_id, None),
                         previous_item_id=previous)
-        self.start_work(self._transcribe(item_id, audio, previous))
+        ended_at = asyncio.get_running_loop().time()
+        self.start_turn(audio.size, self._transcribe(item_id, audio, previous, ended_at))
 
-    async def _transcribe(self, item_id: str, audio: np.ndarray, previous: str | None) -> None:
+    async def _transcribe(self, item_id: str, audio: np.ndarray, previous: str | None,
+                          ended_at: float) -> None:
         config = self.config
         options = TranscriptionOptions(
             language=config.language, languages=config.languages,
             keywords=collect_keywords(config.prompt, config.keywords))
         try:
-            async for event in self.transcriber.stream(audio, options):
-                match event:
-                    case TextDelta(text=text, logprobs=logprobs):
-                        await self.emit(
-                            "conversation.item.input_audio_transcription.delta",
-                            item_id=item_id, content_index=0, delta=text,
-                            **self._logprobs(logprobs))
-                    case Finished(transcript=transcript):
-                        await self.emit(
-                            "conversation.item.input_audio_transcription.completed",
-                            item_id=item_id, content_index=0, transcript=transcript.text,
-                            usage=token_usage(transcript.usage).model_dump(),
-                            languages=[lang.model_dump() for lang in languages_out(transcript)],
-                            **self._logprobs(transcript.logprobs))
-                        await self.emit("conversation.item.done",
-                                        item=user_item(item_id, transcript.text),
-                                        previous_item_id=previous)
+            with self.admitted_turn(audio.size, ended_at) as finished:
+                await self._stream_item(item_id, audio, options, previous, finished)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - every failure is the item's failed event
@@ -157,6 +159,26 @@ class TranscriptionSession(LiveSession):
                 log.exception("Transcription of realtime item %s failed", item_id)
             await self.emit("conversation.item.input_audio_transcription.failed",
                             item_id=item_id, content_index=0, **error_body(exc))
+
+    async def _stream_item(self, item_id: str, audio: np.ndarray, options: TranscriptionOptions,
+                           previous: str | None, finished: Callable[[Transcript], None]) -> None:
+        async for event in self.transcriber.stream(audio, options):
+            match event:
+                case TextDelta(text=text, logprobs=logprobs):
+                    await self.emit("conversation.item.input_audio_transcription.delta",
+                                    item_id=item_id, content_index=0, delta=text,
+                                    **self._logprobs(logprobs))
+                case Finished(transcript=transcript):
+                    await self.emit(
+                        "conversation.item.input_audio_transcription.completed",
+                        item_id=item_id, content_index=0, transcript=transcript.text,
+                        usage=token_usage(transcript.usage).model_dump(),
+                        languages=[lang.model_dump() for lang in languages_out(transcript)],
+                        **self._logprobs(transcript.logprobs))
+                    finished(transcript)
+                    await self.emit("conversation.item.done",
+                                    item=user_item(item_id, transcript.text),
+                                    previous_item_id=previous)
 
     def _logprobs(self, logprobs: list) -> dict[str, Any]:
         if not self.config.include_logprobs:

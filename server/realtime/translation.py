@@ -26,8 +26,13 @@ from granite_speech_server.asr.stitch import UNSPACED_LANGUAGES
 from granite_speech_server.asr.transcriber import Transcriber
 from granite_speech_server.asr.transcript import TextDelta, TranscriptionOptions
 from granite_speech_server.audio.silero import SileroNetwork
-from granite_speech_server.errors import InvalidRequest, ServerError, UnsupportedLanguage
-from granite_speech_server.realtime.live import LiveSession, Send, ms
+from granite_speech_server.errors import (
+    InvalidRequest,
+    Overloaded,
+    ServerError,
+    UnsupportedLanguage,
+)
+from granite_speech_server.realtime.live import Accounting, LiveSession, Send, ms
 from granite_speech_server.realtime.turns import (
     ServerVad,
     SpeechStarted,
@@ -71,10 +76,13 @@ class TranslationUpdate(_Strict):
 
 
 class TranslationSession(LiveSession):
+    kind = "translation"
+
     def __init__(self, *, transcriber: Transcriber, network: SileroNetwork, send: Send,
-                 served_models: Sequence[str], model: str, max_turn_seconds: float,
-                 max_buffer_seconds: float) -> None:
-        super().__init__(network=network, send=send, format_type="audio/pcm", vad=ServerVad(),
+                 accounting: Accounting, served_models: Sequence[str], model: str,
+                 max_turn_seconds: float, max_buffer_seconds: float) -> None:
+        super().__init__(network=network, send=send, accounting=accounting,
+                         format_type="audio/pcm", vad=ServerVad(),
                          max_turn_seconds=max_turn_seconds,
                          max_buffer_seconds=max_buffer_seconds)
         self.transcriber = transcriber
@@ -125,13 +133,16 @@ class TranslationSession(LiveSession):
         await self.emit("session.updated", session=self.session_object())
 
     async def finish(self) -> None:
-        """``session.close``: the turn in progress is translated, then the session ends."""
+        """``session.close`` (or the server's drain): the turn in progress is translated,
+        then the session ends."""
         self.closed = True
+        await super().finish()
+        await self.emit("session.closed")
+
+    async def take_turn_in_progress(self) -> None:
         if self.detector is not None and self.detector.speaking:
             self.detector.end_turn(self.buffer.end)
             self._translate(self.buffer.committed, self.buffer.end)
-        await asyncio.gather(*self.work, return_exceptions=True)
-        await self.emit("session.closed")
 
     async def on_turn_event(self, event: TurnEvent) -> None:
         match event:
@@ -143,10 +154,23 @@ class TranslationSession(LiveSession):
     def _translate(self, start: int, end: int) -> None:
         audio = self.buffer.take(start, end)
         self.buffer.committed = end
-        self._last_turn = self.start_work(self._turn(audio, ms(start), self._last_turn))
+        ended_at = asyncio.get_running_loop().time()
+        self._last_turn = self.start_turn(
+            audio.size, self._turn(audio, ms(start), self._last_turn, ended_at))
 
-    async def _turn(self, audio: np.ndarray, start_ms: int, previous: asyncio.Task | None
-                    ) -> None:
+    async def _turn(self, audio: np.ndarray, start_ms: int, previous: asyncio.Task | None,
+                    ended_at: float) -> None:
+        try:
+            with self.admitted_turn(audio.size, ended_at) as finished:
+                await self._translate_turn(audio, start_ms, previous)
+                finished(None)
+        except Overloaded as exc:
+            if previous is not None:
+                await asyncio.gather(previous, return_exceptions=True)
+            await self.error(exc)
+
+    async def _translate_turn(self, audio: np.ndarray, start_ms: int,
+                              previous: asyncio.Task | None) -> None:
         """Translates (and transcribes, when asked) one turn at once; its deltas are sent
         after the previous turn's, so each transcript reads in the order it was spoken."""
         elapsed_ms = start_ms - start_ms % ELAPSED_STEP_MS

@@ -258,3 +258,43 @@ def test_what_a_translation_session_can_t_do_is_an_error(client, session, param)
         assert error.error.param == param
         send(ws, "session.update", session={})
         assert json.loads(ws.receive_text())["session"]["audio"]["output"]["language"] == "en"
+
+
+def metric(client: TestClient, name: str) -> float:
+    line = next(line for line in client.get("/metrics").text.splitlines()
+                if line.startswith(name))
+    return float(line.rsplit(" ", 1)[1])
+
+
+def test_sessions_turns_audio_and_latency_are_metrics(client, speech_pcm):
+    with client.websocket_connect(URL) as ws:
+        ws.receive_text()
+        assert metric(client, "granite_speech_realtime_sessions") == 1
+        append_all(ws, speech_pcm)
+        until(ws, "conversation.item.input_audio_transcription.completed")
+        until(ws, "conversation.item.input_audio_transcription.completed")
+        send(ws, "no.such.event")  # answered after every append before it was taken in
+        until(ws, "error")
+    turns = 'granite_speech_realtime_turns_total{session="transcription"}'
+    assert metric(client, turns) == 2
+    audio = 'granite_speech_realtime_audio_received_seconds_total{session="transcription"}'
+    assert metric(client, audio) == pytest.approx(len(speech_pcm) / 48_000, abs=0.01)
+    latency = 'granite_speech_realtime_turn_latency_seconds_count{session="transcription"}'
+    assert metric(client, latency) == 2
+    transcribed = 'granite_speech_audio_transcribed_seconds_total{endpoint="/v1/realtime"}'
+    assert 0 < metric(client, transcribed) < len(speech_pcm) / 48_000
+    assert metric(client, "granite_speech_realtime_sessions") == 0
+    assert metric(client, "granite_speech_inflight_audio_seconds") == 0  # every turn released
+
+
+def test_a_client_faster_than_the_engine_is_told_and_bounded(fake_engine, speech_pcm):
+    with app_client(fake_engine, realtime_max_buffer_seconds=5) as client, \
+            client.websocket_connect(URL) as ws:
+        ws.receive_text()
+        fake_engine.hold()  # the engine takes nothing: every turn stays pending
+        append_all(ws, speech_pcm * 3)
+        errors = [e for e in until(ws, "error") if e["type"] == "error"]
+        assert errors[0]["error"]["code"] == "input_audio_buffer_full"
+        assert "being transcribed" in errors[0]["error"]["message"]
+        fake_engine.release()
+        until(ws, "conversation.item.input_audio_transcription.completed")

@@ -4,6 +4,7 @@ its requests with 503, readiness with it, and the process exits non-zero."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -13,6 +14,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import httpx
 import psutil
 import pytest
+import soxr
+from websockets.exceptions import ConnectionClosed
 
 from tests.ops.conftest import (
     MODEL,
@@ -149,3 +152,31 @@ def test_engine_death_fails_the_request_with_503_and_the_process_exits_nonzero(
         logs = server.logs()
     assert any(entry["level"] == "error" and "engine died" in entry["message"]
                for entry in json_log_lines(logs))
+
+
+def test_sigterm_finishes_a_realtime_turn_then_closes_the_session(model_dir, tmp_path, speech):
+    """A live speaker mid-turn when SIGTERM comes: the turn so far is committed and
+    transcribed, then the socket closes with 1001 (going away) and the process exits 0."""
+    from websockets.sync.client import connect
+
+    pcm = (soxr.resample(speech, 16_000, 24_000) * 32767
+           ).astype("<i2").tobytes()
+    with server_process(model_dir, tmp_path, "--shutdown-grace-seconds", "60") as server:
+        url = server.url.replace("http", "ws") + "/v1/realtime?intent=transcription"
+        with connect(url, open_timeout=30) as ws:
+            assert json.loads(ws.recv(timeout=30))["type"] == "session.created"
+            for start in range(0, len(pcm), 4800):  # speech, and no pause after it
+                ws.send(json.dumps({"type": "input_audio_buffer.append",
+                                    "audio": base64.b64encode(pcm[start:start + 4800]).decode()}))
+            events = [json.loads(ws.recv(timeout=30))]
+            assert events[0]["type"] == "input_audio_buffer.speech_started"
+            server.proc.send_signal(signal.SIGTERM)
+            with pytest.raises(ConnectionClosed) as closed:
+                while True:
+                    events.append(json.loads(ws.recv(timeout=60)))
+        assert closed.value.rcvd.code == 1001
+        types = [event["type"] for event in events]
+        assert "input_audio_buffer.committed" in types
+        (done,) = [e for e in events if e["type"].endswith("transcription.completed")]
+        assert done["transcript"]
+        assert server.wait(timeout=90) == 0
