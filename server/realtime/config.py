@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -24,27 +24,27 @@ from granite_speech_server.realtime.turns import ServerVad
 LOGPROBS = "item.input_audio_transcription.logprobs"
 
 
-class _Strict(BaseModel):
+class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class PcmFormat(_Strict):
+class PcmFormat(Strict):
     type: Literal["audio/pcm"] = "audio/pcm"
     rate: Literal[24000] = 24000
 
 
-class PcmuFormat(_Strict):
+class PcmuFormat(Strict):
     type: Literal["audio/pcmu"]
 
 
-class PcmaFormat(_Strict):
+class PcmaFormat(Strict):
     type: Literal["audio/pcma"]
 
 
 AudioFormat = Annotated[PcmFormat | PcmuFormat | PcmaFormat, Field(discriminator="type")]
 
 
-class TranscriptionSettings(_Strict):
+class TranscriptionSettings(Strict):
     model: str | None = None
     language: str | None = None
     languages: list[str] | None = None
@@ -52,25 +52,25 @@ class TranscriptionSettings(_Strict):
     keywords: list[str] | None = None
 
 
-class ServerVadSettings(_Strict):
+class ServerVadSettings(Strict):
     type: Literal["server_vad"]
     threshold: float = Field(0.5, gt=0, lt=1)
     prefix_padding_ms: int = Field(300, ge=0, le=5_000)
     silence_duration_ms: int = Field(500, ge=0, le=10_000)
 
 
-class AudioInputSettings(_Strict):
+class AudioInputSettings(Strict):
     format: AudioFormat | None = None
     noise_reduction: None = Field(None, description="Not available: always null.")
     transcription: TranscriptionSettings | None = None
     turn_detection: ServerVadSettings | None = None
 
 
-class AudioSettings(_Strict):
+class AudioSettings(Strict):
     input: AudioInputSettings | None = None
 
 
-class TranscriptionSession(_Strict):
+class TranscriptionSession(Strict):
     """The ``session`` of a transcription session's ``session.update``."""
 
     type: Literal["transcription"]
@@ -144,6 +144,9 @@ class SessionConfig:
             include_logprobs=LOGPROBS in (merged.get("include") or []))
 
 
+SessionModel = TypeVar("SessionModel", bound=BaseModel)
+
+
 def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     """``update``'s keys over ``base``'s, nested objects merged key by key."""
     merged = dict(base)
@@ -155,10 +158,11 @@ def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def check_update(raw: Any) -> TranscriptionSession:
-    """A client's ``session`` object, or an InvalidRequest naming what is wrong in it."""
+def check_update(raw: Any, shape: type[SessionModel] = TranscriptionSession) -> SessionModel:
+    """A client's ``session`` object as ``shape``, or an InvalidRequest naming what is
+    wrong in it (a field this server doesn't have: "not supported")."""
     try:
-        return TranscriptionSession.model_validate(raw)
+        return shape.model_validate(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"])

@@ -18,7 +18,6 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, ValidationError
 
 from granite_speech_server.api.audio_form import check_model
 from granite_speech_server.asr.prompt import TRANSLATION_PAIRS
@@ -32,6 +31,7 @@ from granite_speech_server.errors import (
     ServerError,
     UnsupportedLanguage,
 )
+from granite_speech_server.realtime.config import Strict, check_update
 from granite_speech_server.realtime.live import Accounting, LiveSession, Send, ms
 from granite_speech_server.realtime.turns import (
     ServerVad,
@@ -48,29 +48,25 @@ ELAPSED_STEP_MS = 200
 """OpenAI's ``elapsed_ms`` advances in 200 ms steps."""
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class InputTranscription(_Strict):
+class InputTranscription(Strict):
     model: str
 
 
-class TranslationInput(_Strict):
+class TranslationInput(Strict):
     noise_reduction: None = None
     transcription: InputTranscription | None = None
 
 
-class TranslationOutput(_Strict):
+class TranslationOutput(Strict):
     language: str | None = None
 
 
-class TranslationAudio(_Strict):
+class TranslationAudio(Strict):
     input: TranslationInput | None = None
     output: TranslationOutput | None = None
 
 
-class TranslationUpdate(_Strict):
+class TranslationUpdate(Strict):
     type: Literal["translation"] | None = None
     audio: TranslationAudio | None = None
 
@@ -109,14 +105,7 @@ class TranslationSession(LiveSession):
                                      param="type", code="invalid_event")
 
     async def update(self, raw: Any) -> None:
-        try:
-            update = TranslationUpdate.model_validate(raw)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = "session." + ".".join(str(part) for part in first["loc"])
-            reason = ("not supported by this server" if first["type"] == "extra_forbidden"
-                      else first["msg"])
-            raise InvalidRequest(f"{where}: {reason}", param=where) from None
+        update = check_update(raw, TranslationUpdate)
         audio = update.audio or TranslationAudio()
         if audio.output is not None and audio.output.language is not None:
             if audio.output.language not in TARGETS:
