@@ -298,3 +298,22 @@ def test_a_client_faster_than_the_engine_is_told_and_bounded(fake_engine, speech
         assert "being transcribed" in errors[0]["error"]["message"]
         fake_engine.release()
         until(ws, "conversation.item.input_audio_transcription.completed")
+
+
+def test_a_client_that_vanishes_frees_its_session_at_once(fake_engine, speech_pcm):
+    with app_client(fake_engine) as client:
+        with client.websocket_connect(URL) as ws:
+            ws.receive_text()
+            fake_engine.hold()  # the turn stays in the engine until cancelled
+            append_all(ws, speech_pcm[:len(speech_pcm) // 2])
+            until(ws, "input_audio_buffer.committed")
+            assert metric(client, "granite_speech_inflight_audio_seconds") > 0
+        # Gone mid-turn: its work is cancelled (aborted in the engine), its share released.
+        for _ in range(100):
+            if metric(client, "granite_speech_realtime_sessions") == 0 and \
+                    metric(client, "granite_speech_inflight_audio_seconds") == 0:
+                break
+            time.sleep(0.01)
+        assert metric(client, "granite_speech_realtime_sessions") == 0
+        assert metric(client, "granite_speech_inflight_audio_seconds") == 0
+        fake_engine.release()
