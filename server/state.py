@@ -39,7 +39,7 @@ class AppState:
     """Asks the HTTP server to stop, optionally ``after_s`` seconds from now (the
     listener stays open meanwhile); the CLI points it at uvicorn."""
     realtime_sessions: set[Any] = field(default_factory=set)
-    """The realtime sessions open now (``granite_speech_server.realtime.transcription``)."""
+    """The realtime sessions open now (``granite_speech_server.realtime.live``)."""
     engine_start: EngineStart = field(default_factory=EngineStart)
     """The start-up of an engine the app owns (``granite_speech_server.lifecycle``)."""
     phase: ServerPhase = field(init=False)

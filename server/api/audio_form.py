@@ -180,8 +180,7 @@ class TranscriptionForm(AudioForm):
 
     def options(self, *, word_alignment: bool) -> tuple[TranscriptionOptions, Output]:
         """What to run and how to answer; ``word_alignment``: the server can align words."""
-        language, candidates = spoken_language(self.language, self.languages,
-                                               TRANSCRIPTION_LANGUAGES)
+        language, candidates = spoken_language(self.language, self.languages)
         check_streamable(self.stream, self.response_format)
         granularities = check_granularities(self.timestamp_granularities, self.response_format)
         words = word_timing_wanted(word_alignment, granularities, self.response_format,
@@ -219,8 +218,7 @@ class TranslationForm(AudioForm):
     hotwords: HotwordsField = None
 
     def options(self) -> tuple[TranscriptionOptions, Output]:
-        language, candidates = spoken_language(self.language, self.languages,
-                                               TRANSCRIPTION_LANGUAGES)
+        language, candidates = spoken_language(self.language, self.languages)
         for source in candidates or [language]:
             check_translation_pair(source, self.to_language)
         check_streamable(self.stream, self.response_format)
@@ -271,16 +269,16 @@ def check_model(served: Iterable[str], model: str) -> None:
         )
 
 
-def spoken_language(language: str | None, languages: list[str] | None,
-                    supported: tuple[str, ...]) -> tuple[str | None, tuple[str, ...]]:
+def spoken_language(language: str | None, languages: Iterable[str] | None
+                    ) -> tuple[str | None, tuple[str, ...]]:
     """(the spoken language if known, the candidates): each checked against the model's
     languages; a single candidate is the language."""
     candidates = tuple(dict.fromkeys(languages or ()))
     for param, codes in (("language", [language] if language else []), ("languages", candidates)):
         for code in codes:
-            if code not in supported:
+            if code not in TRANSCRIPTION_LANGUAGES:
                 raise UnsupportedLanguage(f"Language '{code}' is not supported for "
-                                          f"transcription; supported: {', '.join(supported)}.",
+                                          f"transcription; supported: {SUPPORTED}.",
                                           param=param)
     if language and candidates and language not in candidates:
         raise InvalidRequest(f"language '{language}' is not among languages "

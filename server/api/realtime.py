@@ -1,5 +1,6 @@
-"""GET /v1/realtime?intent=transcription: OpenAI's Realtime transcription sessions over a
-WebSocket (``granite_speech_server.realtime.transcription`` speaks the protocol).
+"""OpenAI's Realtime sessions over a WebSocket: transcription at
+``GET /v1/realtime?intent=transcription``, translation at ``GET /v1/realtime/translations``
+(``granite_speech_server.realtime`` speaks the protocols).
 
 Refusals come before the upgrade, as HTTP answers in OpenAI's envelope: a wrong key (the
 auth middleware), a server that isn't serving (503), the session limit (429), an intent
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 from typing import Any
 
 from fastapi import APIRouter, Query, WebSocket
@@ -26,7 +26,6 @@ from granite_speech_server.realtime.transcription import TranscriptionSession
 from granite_speech_server.realtime.translation import TranslationSession
 from granite_speech_server.state import AppState
 
-log = logging.getLogger(__name__)
 router = APIRouter(tags=["realtime"])
 
 NORMAL_CLOSURE = 1000

@@ -17,7 +17,6 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from granite_speech_server.api.audio_form import collect_keywords, spoken_language
-from granite_speech_server.asr.prompt import TRANSCRIPTION_LANGUAGES
 from granite_speech_server.errors import InvalidRequest, ModelNotFound
 from granite_speech_server.realtime.turns import ServerVad
 
@@ -88,14 +87,17 @@ class SessionConfig:
     languages: tuple[str, ...]
     prompt: str | None
     keywords: tuple[str, ...]
-    """The client's keywords as given (the prompt's are added when transcribing)."""
+    """The client's keywords as given, echoed in ``session.updated``."""
+    bias: tuple[str, ...]
+    """What Granite's keyword biasing gets: the prompt's and the keywords, checked."""
     turn_detection: ServerVad | None
     include_logprobs: bool
 
     @classmethod
     def default(cls, model: str) -> SessionConfig:
         return cls(format_type="audio/pcm", model=model, language=None, languages=(),
-                   prompt=None, keywords=(), turn_detection=ServerVad(), include_logprobs=False)
+                   prompt=None, keywords=(), bias=(), turn_detection=ServerVad(),
+                   include_logprobs=False)
 
     def as_openai(self) -> dict[str, Any]:
         """The session object of ``session.created`` / ``session.updated``."""
@@ -130,14 +132,13 @@ class SessionConfig:
             raise ModelNotFound(f"The model '{model}' does not exist; this server serves "
                                 f"{', '.join(served)}.", param="audio.input.transcription.model")
         language, candidates = spoken_language(settings.get("language"),
-                                               settings.get("languages"),
-                                               TRANSCRIPTION_LANGUAGES)
+                                               settings.get("languages"))
         keywords = tuple(settings.get("keywords") or ())
-        collect_keywords(settings.get("prompt"), keywords)  # checks the bound
         vad = audio_in["turn_detection"]
         return SessionConfig(
             format_type=audio_in["format"]["type"], model=model, language=language,
             languages=candidates, prompt=settings.get("prompt"), keywords=keywords,
+            bias=collect_keywords(settings.get("prompt"), keywords),
             turn_detection=None if vad is None else ServerVad(
                 threshold=vad["threshold"], prefix_padding_ms=vad["prefix_padding_ms"],
                 silence_duration_ms=vad["silence_duration_ms"]),

@@ -121,16 +121,15 @@ class LiveSession:
         except (binascii.Error, ValueError):
             raise InvalidRequest("`audio` is not valid base64.", param="audio",
                                  code="invalid_value") from None
-        held = self.buffer.uncommitted + self.pending_samples
-        if held + self.audio.samples_in(data) > self.max_buffer_samples:
+        incoming = self.audio.samples_in(data)
+        if self.buffer.uncommitted + self.pending_samples + incoming > self.max_buffer_samples:
             raise InvalidRequest(
                 f"The session holds its limit of {self.max_buffer_samples // SAMPLE_RATE} s of "
                 f"audio ({self.buffer.uncommitted / SAMPLE_RATE:.1f} s uncommitted, "
                 f"{self.pending_samples / SAMPLE_RATE:.1f} s being transcribed): commit, clear, "
                 "or send no faster than real time (the append was dropped).",
                 param="audio", code="input_audio_buffer_full")
-        self.accounting.metrics.realtime_audio.labels(self.kind).inc(
-            self.audio.samples_in(data) / SAMPLE_RATE)
+        self.accounting.metrics.realtime_audio.labels(self.kind).inc(incoming / SAMPLE_RATE)
         for turn_event in await asyncio.to_thread(self._take_in, data):
             await self.on_turn_event(turn_event)
         self.buffer.committed = self._keep_from()
@@ -154,9 +153,10 @@ class LiveSession:
     def _keep_from(self) -> int:
         """Audio before this can't be part of any turn any more: with the server VAD
         and no one speaking, all but the prefix padding's worth (and a second more)."""
-        if self.detector is None or self.detector.speaking or self.vad is None:
+        if self.detector is None or self.detector.speaking:
             return self.buffer.committed
-        padding = self.vad.samples(self.vad.prefix_padding_ms)
+        vad = self.detector.vad
+        padding = vad.samples(vad.prefix_padding_ms)
         return max(self.buffer.committed, self.buffer.end - padding - SAMPLE_RATE)
 
     def _new_detector(self) -> TurnDetector | None:

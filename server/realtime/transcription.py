@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 
-from granite_speech_server.api.audio_form import collect_keywords
 from granite_speech_server.asr.transcriber import Transcriber
 from granite_speech_server.asr.transcript import (
     Finished,
@@ -146,9 +145,8 @@ class TranscriptionSession(LiveSession):
     async def _transcribe(self, item_id: str, audio: np.ndarray, previous: str | None,
                           ended_at: float) -> None:
         config = self.config
-        options = TranscriptionOptions(
-            language=config.language, languages=config.languages,
-            keywords=collect_keywords(config.prompt, config.keywords))
+        options = TranscriptionOptions(language=config.language, languages=config.languages,
+                                       keywords=config.bias)
         try:
             with self.admitted_turn(audio.size, ended_at) as finished:
                 await self._stream_item(item_id, audio, options, previous, finished)
