@@ -8,18 +8,23 @@ from __future__ import annotations
 
 import gc
 import sys
+from collections.abc import Callable
 
 import uvicorn
 from pydantic_settings import CliApp
 
 from granite_speech_server.app import create_app
 from granite_speech_server.asr.checkpoint import ModelUnavailable, check_granite_speech
+from granite_speech_server.asr.engine import SpeechEngine
 from granite_speech_server.config import Settings
 from granite_speech_server.lifecycle import GracefulServer
 from granite_speech_server.logs import configure_logging
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None,
+         make_engine: Callable[[Settings], SpeechEngine] | None = None) -> None:
+    """Parse the command line and serve until told to stop. ``make_engine`` replaces vLLM
+    (``loadtest.instant_server`` serves with a scripted engine)."""
     settings = CliApp.run(Settings, cli_args=sys.argv[1:] if argv is None else argv)
     configure_logging(settings.log_level, settings.log_format)
     import torch
@@ -32,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     except ModelUnavailable as exc:
         sys.exit(model_unavailable_line(exc))
     try:
-        app = create_app(settings)
+        app = create_app(settings, make_engine(settings) if make_engine else None)
     except OSError as exc:
         sys.exit(f"granite-speech-server: can't read the API key file: {exc}")
 

@@ -28,6 +28,7 @@ from granite_speech_server.asr.language_id import LanguageIdentifier
 from granite_speech_server.audio.silero import SileroNetwork
 from granite_speech_server.config import Settings
 from granite_speech_server.errors import HttpError, InvalidRequest, ServerError
+from granite_speech_server.preprocess.pool import PreprocessPool, usable_cores
 from granite_speech_server.state import AppState
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,8 @@ def create_app(settings: Settings, engine: SpeechEngine | None = None) -> FastAP
                 await state.engine_start.abandon()
             if engine is None and state.engine is not None:
                 state.engine.shutdown()
+            if state.preprocess is not None:
+                await asyncio.to_thread(state.preprocess.close)
 
     app = FastAPI(
         title="granite-speech-server",
@@ -115,6 +118,11 @@ async def _bring_up(state: AppState, *, own_engine: bool) -> None:
     try:
         if own_engine:
             await asyncio.to_thread(state.engine_start.run, state)
+        workers = state.settings.preprocess_workers
+        workers = usable_cores() if workers is None else workers
+        if workers:
+            state.preprocess = await asyncio.to_thread(PreprocessPool, workers)
+            log.info("Preprocessing in %d processes", workers)
         state.vad = await asyncio.to_thread(SileroNetwork)
         state.language_id = await asyncio.to_thread(LanguageIdentifier.loaded)
         if state.settings.word_timestamps and state.ctc is None:

@@ -153,6 +153,14 @@ class Settings(BaseSettings):
         "upload and detect its speech run (OS niceness, added to the server's). When CPUs "
         "are short, the engine's steps, which every request waits on, go first. 0: equal.",
     )
+    preprocess_workers: int | None = Field(
+        None,
+        ge=0,
+        description="Processes that decode uploads and detect their speech beside the API "
+        "process, which then only serves HTTP and drives the engine. Default: one per CPU "
+        "core the server may use (its affinity within a cgroup CPU limit). 0: threads of "
+        "the API process, bound to its one interpreter.",
+    )
     engine_spin_ms: float | None = Field(
         None,
         ge=0,

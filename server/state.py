@@ -18,6 +18,7 @@ from granite_speech_server.config import Settings
 from granite_speech_server.lifecycle import EngineStart
 from granite_speech_server.metrics import Metrics
 from granite_speech_server.phase import ServerPhase
+from granite_speech_server.preprocess.pool import PreprocessPool
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,8 @@ class AppState:
     """The encoder's CTC head beside vLLM, for word timestamps (--word-timestamps)."""
     vad: SileroNetwork | None = None
     """The speech detector's network, loaded at start-up."""
+    preprocess: PreprocessPool | None = None
+    """The processes that decode and plan uploads, started at start-up (None: threads)."""
     language_id: LanguageIdentifier | None = None
     """Tells a transcript's language (``languages`` in responses), loaded at start-up."""
     startup_error: BaseException | None = None

@@ -23,6 +23,7 @@ from granite_speech_server.api.deadline import iterate_within, within
 from granite_speech_server.api.deps import StateDep, TranscriberDep
 from granite_speech_server.api.gate import TICKET_KEY
 from granite_speech_server.api.upload_limit import InMemoryUploadRoute
+from granite_speech_server.asr.planning import plan_options
 from granite_speech_server.asr.transcriber import Transcriber
 from granite_speech_server.asr.transcript import (
     Finished,
@@ -32,6 +33,7 @@ from granite_speech_server.asr.transcript import (
 )
 from granite_speech_server.audio.decode import HEAD_S, DecodedAudio, decode_audio
 from granite_speech_server.audio.probe import probe_format
+from granite_speech_server.audio.segment import PlanOptions
 from granite_speech_server.errors import ServerError, TooMuchAudioInFlight, UploadTooLarge
 from granite_speech_server.formats.openai import (
     ErrorResponse,
@@ -98,14 +100,15 @@ async def respond(request: Request, state: AppState, transcriber: Transcriber, f
     context = request_context(request)
     context.response_format = "sse" if output.stream else output.response_format
     received = asyncio.get_running_loop().time()  # the upload is in: processing starts
-    decoded = await within(context.deadline, decode_upload(state, file, context))
+    plan = plan_options(state.settings, options)
+    decoded = await within(context.deadline, decode_upload(state, file, context, plan))
     try:
         admit_audio(request, state.metrics, context.audio_seconds)
     except TooMuchAudioInFlight:
         decoded.audio.close()
         raise
     if output.stream:
-        events = transcriber.stream(decoded.audio, options)
+        events = transcriber.stream(decoded.audio, options, plan=decoded.plan)
         events = observed(iterate_within(context.deadline, events), state.metrics,
                           context.endpoint, received, decoded)
         stream = event_stream(events, include_logprobs=output.include_logprobs)
@@ -113,7 +116,8 @@ async def respond(request: Request, state: AppState, transcriber: Transcriber, f
                                  headers=dict(stream.headers))
     with counting_late_decode_failure(state.metrics, decoded):
         transcript = await within(context.deadline,
-                                  transcriber.transcribe(decoded.audio, options))
+                                  transcriber.transcribe(decoded.audio, options,
+                                                         plan=decoded.plan))
     state.metrics.observe_transcript(context.endpoint, transcript,
                                      asyncio.get_running_loop().time() - received)
     rendered = render(transcript, output.response_format,
@@ -122,21 +126,25 @@ async def respond(request: Request, state: AppState, transcriber: Transcriber, f
     return Response(rendered.body, media_type=rendered.media_type, headers=dict(rendered.headers))
 
 
-async def decode_upload(state: AppState, file: UploadFile,
-                        context: RequestContext) -> DecodedAudio:
-    """The upload's audio: its head decoded, the rest of a long file still decoding."""
+async def decode_upload(state: AppState, file: UploadFile, context: RequestContext,
+                        plan: PlanOptions) -> DecodedAudio:
+    """The upload's audio: its head decoded, the rest of a long file still decoding; in
+    a preprocessing process, if the server has them, which plans it there too."""
     settings = state.settings
     data = await file.read(settings.max_upload_bytes + 1)
     await file.close()  # its spooled copy isn't needed once the bytes are in memory
     # UploadLimitMiddleware already bounded the whole body; this bounds the file itself.
     if len(data) > settings.max_upload_bytes:
         raise UploadTooLarge(f"The upload exceeds the limit of {settings.max_upload_mb:g} MB.")
+    limits = {"head_s": HEAD_S, "max_duration_s": settings.max_audio_seconds,
+              "min_duration_s": settings.min_audio_seconds,
+              "rest_niceness": settings.preprocessing_niceness}
     try:
-        decoded = await run_in_threadpool(
-            decode_audio, data, head_s=HEAD_S,
-            max_duration_s=settings.max_audio_seconds, min_duration_s=settings.min_audio_seconds,
-            rest_niceness=settings.preprocessing_niceness,
-        )
+        if state.preprocess is not None:
+            decoded = await state.preprocess.decode(
+                data, plan=plan, niceness=settings.preprocessing_niceness, **limits)
+        else:
+            decoded = await run_in_threadpool(decode_audio, data, **limits)
     except ServerError as exc:
         container, codec = await run_in_threadpool(probe_format, data)
         state.metrics.decode_failures.labels(container, codec, exc.code or "unknown").inc()

@@ -44,6 +44,10 @@ from granite_speech_server.audio.segment import PlannedSegment, Planner
 from granite_speech_server.config import Settings
 
 
+Plan = AsyncIterator[list[PlannedSegment]]
+"""A segment plan arriving batch by batch, in audio order."""
+
+
 @dataclass
 class _Plan:
     """The segments planned so far, in audio order, and the request sent for each."""
@@ -73,16 +77,18 @@ class Transcriber:
         request = SegmentRequest(prompt_ids, noise, self._budget(noise.size, len(prompt_ids)))
         await final_result(self.engine, request, f"warm-up-{uuid.uuid4().hex}")
 
-    async def transcribe(self, audio: np.ndarray | DecodingAudio,
-                         options: TranscriptionOptions) -> Transcript:
+    async def transcribe(self, audio: np.ndarray | DecodingAudio, options: TranscriptionOptions,
+                         plan: Plan | None = None) -> Transcript:
         """The whole transcript. ``audio`` may still be decoding: its plan starts on
-        what is there, and decoding stops if the request ends first."""
+        what is there, and decoding stops if the request ends first. ``plan``: the
+        audio's plan where it is made elsewhere (``DecodedAudio.plan``)."""
         source = DecodingAudio.of(audio)
-        plan = _Plan()
+        planned = _Plan()
         runs: list[asyncio.Task] = []
         posteriors: list[np.ndarray] | None = [] if self.speculator else None
         try:
-            async for batch in self._submissions(source, options, plan, stream=False):
+            async for batch in self._submissions(source, options, planned, plan,
+                                                 stream=False):
                 if self.speculator is None:
                     runs += [asyncio.create_task(final_result(self.engine, request, rid))
                              for request, rid in batch]
@@ -95,16 +101,17 @@ class Transcriber:
         finally:
             source.close()
             await _cancel(runs)
-        return await self._finish(plan, results, options, source.whole().size, posteriors)
+        return await self._finish(planned, results, options, source.whole().size, posteriors)
 
     async def stream(
-        self, audio: np.ndarray | DecodingAudio, options: TranscriptionOptions
+        self, audio: np.ndarray | DecodingAudio, options: TranscriptionOptions,
+        plan: Plan | None = None,
     ) -> AsyncIterator[TranscriptEvent]:
         """Deltas in audio order, then ``Finished``. Closing the iterator early
         (a client that went away) cancels every segment, which aborts it in vLLM,
         and stops decoding the rest of ``audio``."""
         source = DecodingAudio.of(audio)
-        plan = _Plan()
+        planned = _Plan()
         # Two sides meet at ``submitted``: the planning task submits each segment as
         # the plan reaches it and puts the queue its results arrive on into
         # ``submitted``, in audio order, then None (or the plan's failure). This side
@@ -115,7 +122,8 @@ class Transcriber:
 
         async def submit_all() -> None:
             try:
-                async for batch in self._submissions(source, options, plan, stream=True):
+                async for batch in self._submissions(source, options, planned, plan,
+                                                     stream=True):
                     for request, rid in batch:
                         results: asyncio.Queue = asyncio.Queue()
                         runs.append(asyncio.create_task(self._pump(request, rid, results)))
@@ -140,21 +148,23 @@ class Transcriber:
                         yield delta
                 deltas.end_segment()
                 finals.append(result)
-            yield Finished(await self._finish(plan, finals, options, source.whole().size))
+            yield Finished(await self._finish(planned, finals, options, source.whole().size))
         finally:
             source.close()
             await _cancel([planning, *runs])
 
     async def _submissions(self, source: DecodingAudio, options: TranscriptionOptions,
-                           plan: _Plan, *, stream: bool,
+                           plan: _Plan, made: Plan | None, *, stream: bool,
                            ) -> AsyncIterator[list[tuple[SegmentRequest, str]]]:
         """The plan's segments as engine requests with their ids, a window's worth at a
         time, each batch as soon as the VAD has seen its audio (in the plan's own thread:
-        it is CPU work, and waits for the decoder)."""
+        it is CPU work, and waits for the decoder), or as ``made`` brings it."""
         prompt_ids = prompts.render_prompt(self.engine.tokenizer, options.instruction())
         request_id = uuid.uuid4().hex
-        windows = self.planner(source, plan_options(self.settings, options))
-        async for segments in planned_ahead(windows, self.settings.preprocessing_niceness):
+        if made is None:
+            windows = self.planner(source, plan_options(self.settings, options))
+            made = planned_ahead(windows, self.settings.preprocessing_niceness)
+        async for segments in made:
             # The planner has seen this audio: it is decoded, nothing waits.
             audio = source.until(segments[-1].audio_end)
             batch = []

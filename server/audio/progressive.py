@@ -29,8 +29,11 @@ class DecodingAudio:
     reference to the array it was cut from) even if the buffer is replaced later.
     """
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, hold_back: int = HOLD_BACK) -> None:
+        """``hold_back``: 0 where the samples arrive final (a preprocessing process
+        forwards only what its own decoder published)."""
         self._data = np.empty(max(capacity, 1), np.float32)
+        self._hold_back = hold_back
         self._size = 0
         self._total: int | None = None
         self._error: BaseException | None = None
@@ -129,7 +132,7 @@ class DecodingAudio:
     def _published(self) -> int:
         if self._total is not None:
             return self._total
-        return max(0, self._size - HOLD_BACK)
+        return max(0, self._size - self._hold_back)
 
     def _ready(self, n: int) -> bool:
         return (self._total is not None or self._error is not None or self._cancelled

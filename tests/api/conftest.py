@@ -28,8 +28,12 @@ BASE_URL = "http://test"
 
 
 def api_settings(**changes: Any) -> Settings:
+    """Uploads are decoded in the app's own threads unless a test asks for processes
+    (``preprocess_workers``): starting them takes seconds per app. tests/api/
+    test_preprocess.py runs the HTTP layer through them, and the e2e tests' server
+    has them as a user's does."""
     return Settings(model=str(TRAINED_MODEL), served_model_name=[MODEL, "whisper-1"],
-                    **changes)
+                    **{"preprocess_workers": 0, **changes})
 
 
 @pytest.fixture(scope="session")

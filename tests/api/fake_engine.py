@@ -60,12 +60,7 @@ class FakeEngine:
 
     async def generate(self, request: SegmentRequest,
                        request_id: str | None = None) -> AsyncIterator[SegmentResult]:
-        if (request_id or "").startswith(WARM_UP_PREFIX):
-            text = self.texts[0]
-        else:
-            self.requests.append(request)
-            self.arrived.set()
-            text = self.texts[min(len(self.requests), len(self.texts)) - 1]
+        text = self.answer(request, request_id or "")
         await self._released.wait()
         token_ids = self.tokenizer.encode(text, add_special_tokens=False)[:request.max_tokens]
         for n in range(1, len(token_ids) + 1) or [0]:
@@ -75,6 +70,14 @@ class FakeEngine:
             if request.stream or done:
                 yield self._result(request, token_ids[:n], done)
             await asyncio.sleep(0)  # other requests run meanwhile, as in a real engine
+
+    def answer(self, request: SegmentRequest, request_id: str) -> str:
+        """The next scripted text; the request is recorded."""
+        if request_id.startswith(WARM_UP_PREFIX):
+            return self.texts[0]
+        self.requests.append(request)
+        self.arrived.set()
+        return self.texts[min(len(self.requests), len(self.texts)) - 1]
 
     def _result(self, request: SegmentRequest, token_ids: list[int],
                 finished: bool) -> SegmentResult:
