@@ -12,6 +12,10 @@ per wall second and the CPU seconds (user + system) of all the server's processe
 audio second. On one core the load generator runs on another core; on two it shares them
 (its own CPU is reported), which can only understate the second core's gain.
 
+The server runs without ``--word-timestamps``: the encoder and CTC head that align
+words (for subtitles and word granularity) are model work, on the engine's device on a
+GPU host, not the host's share.
+
 ``--stages`` samples the server's processes with py-spy and splits its CPU by the stage
 the sampled code belongs to (the deepest frame of ours or of a library we call).
 """
@@ -75,23 +79,24 @@ def stage_samples(paths: list[Path]) -> Counter:
     return counts
 
 
-def tree_cpu(pid: int) -> float:
-    """User + system CPU seconds of a process and its live descendants."""
+def tree_cpu(pid: int) -> dict[str, float]:
+    """User + system CPU seconds of the API process and of its preprocessing processes
+    (its live descendants)."""
     root = psutil.Process(pid)
-    total = 0.0
-    for process in [root, *root.children(recursive=True)]:
+    used = {"api": sum(root.cpu_times()[:2]), "preprocessing": 0.0}
+    for process in root.children(recursive=True):
         try:
-            total += sum(process.cpu_times()[:2])
+            used["preprocessing"] += sum(process.cpu_times()[:2])
         except psutil.NoSuchProcess:
             pass
-    return total
+    return used
 
 
 def measure(cores: int, work, warm, args, out: Path) -> dict:
     pinned = ",".join(str(c) for c in sorted(os.sched_getaffinity(0))[:cores])
     command = ["taskset", "-c", pinned, sys.executable, "-m", "loadtest.instant_server",
                "--model", args.model, "--port", str(args.port), "--host", "127.0.0.1",
-               *args.server_args]
+               "--no-word-timestamps", *args.server_args]
     model = Path(args.model).name
     client_cores = set(sorted(os.sched_getaffinity(0))[cores:]) or os.sched_getaffinity(0)
     own = os.sched_getaffinity(0)
@@ -111,7 +116,7 @@ def measure(cores: int, work, warm, args, out: Path) -> dict:
             outcomes = asyncio.run(run_level(server.url, model, work, args.concurrency, None,
                                              f"{cores} core(s)"))
             wall = time.perf_counter() - start
-            cpu = tree_cpu(server.pid) - cpu_before
+            cpu_after = tree_cpu(server.pid)
             client = time.process_time() - client_before
             if spy is not None:
                 spy.send_signal(2)
@@ -123,7 +128,10 @@ def measure(cores: int, work, warm, args, out: Path) -> dict:
     row = {"cores": cores, "requests": len(outcomes), "errors": dict(errors),
            "audio_s": round(audio, 1), "wall_s": round(wall, 2),
            "audio_s_per_wall_s": round(audio / wall, 1),
-           "server_cpu_ms_per_audio_s": round(1000 * cpu / audio, 3),
+           "server_cpu_ms_per_audio_s": round(
+               1000 * sum(cpu_after[k] - cpu_before[k] for k in cpu_after) / audio, 3),
+           "process_cpu_ms_per_audio_s": {
+               k: round(1000 * (cpu_after[k] - cpu_before[k]) / audio, 3) for k in cpu_after},
            "client_cpu_s": round(client, 2)}
     if args.stages:
         counts = stage_samples([out / f"stages-{cores}.txt"])
@@ -134,6 +142,14 @@ def measure(cores: int, work, warm, args, out: Path) -> dict:
     return row
 
 
+def median_run(runs: list[dict]) -> dict:
+    """The run of median capacity, with every run's capacity beside it (the machine's
+    speed drifts between minutes: runs alternate between core counts)."""
+    ordered = sorted(runs, key=lambda r: r["audio_s_per_wall_s"])
+    return {**ordered[len(ordered) // 2],
+            "runs_audio_s_per_wall_s": [r["audio_s_per_wall_s"] for r in runs]}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=MODEL)
@@ -142,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="recordings of each kind (short, medium, long with pauses)")
     parser.add_argument("--rounds", type=int, default=3, help="times the corpus is sent")
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="runs per core count, alternating; the median is reported")
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--port", type=int, default=8811)
     parser.add_argument("--stages", action="store_true", help="CPU per stage, with py-spy")
@@ -154,13 +172,20 @@ def main(argv: list[str] | None = None) -> int:
     work = requests(recs, len(recs) * args.rounds, seed=args.seed)
     warm = requests(recs, args.concurrency, seed=args.seed + 1)
     args.out.mkdir(parents=True, exist_ok=True)
-    rows = [measure(int(n), work, warm, args, args.out) for n in args.cores.split(",")]
+    runs = [measure(int(n), work, warm, args, args.out)
+            for _ in range(args.repeat) for n in args.cores.split(",")]
+    rows = [median_run([r for r in runs if r["cores"] == int(n)])
+            for n in args.cores.split(",")]
     (args.out / "capacity.json").write_text(json.dumps(rows, indent=1))
     for row in rows:
         print(f"{row['cores']} core(s): {row['audio_s_per_wall_s']:.0f} audio s per wall s, "
               f"{row['server_cpu_ms_per_audio_s']:.2f} CPU ms per audio s "
               f"({row['requests']} requests, {row['audio_s']:.0f} s of audio, "
               f"errors {row['errors'] or 'none'}, client {row['client_cpu_s']} CPU s)")
+        if len(row["runs_audio_s_per_wall_s"]) > 1:
+            print(f"    runs: {row['runs_audio_s_per_wall_s']}")
+        print("    by process: " + ", ".join(
+            f"{name} {ms:.2f} ms" for name, ms in row["process_cpu_ms_per_audio_s"].items()))
         for name, ms in row.get("stages_cpu_ms_per_audio_s", {}).items():
             print(f"    {name:28} {ms:6.3f} ms per audio s")
     if len(rows) > 1:

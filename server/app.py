@@ -121,7 +121,8 @@ async def _bring_up(state: AppState, *, own_engine: bool) -> None:
         workers = state.settings.preprocess_workers
         workers = usable_cores() if workers is None else workers
         if workers:
-            state.preprocess = await asyncio.to_thread(PreprocessPool, workers)
+            state.preprocess = await asyncio.to_thread(
+                PreprocessPool, workers, state.settings.log_level, state.settings.log_format)
             log.info("Preprocessing in %d processes", workers)
         state.vad = await asyncio.to_thread(SileroNetwork)
         state.language_id = await asyncio.to_thread(LanguageIdentifier.loaded)

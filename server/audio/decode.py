@@ -25,7 +25,7 @@ from __future__ import annotations
 import io
 import logging
 import math
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -133,6 +133,7 @@ def decode_audio(
     min_duration_s: float = 0.1,
     head_s: float = math.inf,
     rest_niceness: int = 0,
+    allocate: Callable[[int], np.ndarray] | None = None,
 ) -> DecodedAudio:
     """Decode an upload held in memory. Blocking: run it in a thread.
 
@@ -140,7 +141,8 @@ def decode_audio(
     longer, a thread decodes the rest into ``DecodedAudio.audio`` and raises its
     errors to the readers (at ``rest_niceness``, see ``granite_speech_server.priority``).
     ``max_duration_s`` also bounds memory (decoding stops just past it); with None a
-    small, highly compressed file can expand without limit.
+    small, highly compressed file can expand without limit. ``allocate`` makes the
+    sample buffers (``DecodingAudio``).
     Raises EmptyAudio, AudioDecodeError, AudioTooShort or AudioTooLong.
     """
     if not data:
@@ -153,8 +155,9 @@ def decode_audio(
         except AudioTooLong:
             source.close()
             raise
-    decoded = DecodedAudio(DecodingAudio(buffer_capacity(declared_s)), source.format,
-                           source.codec, source.rate, source.channels, declared_s)
+    decoded = DecodedAudio(DecodingAudio(buffer_capacity(declared_s), allocate=allocate),
+                           source.format, source.codec, source.rate, source.channels,
+                           declared_s)
     limits = (max_duration_s, min_duration_s)
     chunks = source.chunks()
     # Without a declared duration the admission check has nothing to go by: decode it all.

@@ -8,12 +8,17 @@ two-hour file to decode. Readers ask for a prefix and wait only until it exists.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 import numpy as np
 
 HOLD_BACK = 8000
 """Samples at the decoded end kept from readers until the decode is finished: the
 decoder may still trim them (a codec's padding after the declared end)."""
+
+
+def _float32_array(samples: int) -> np.ndarray:
+    return np.empty(samples, np.float32)
 
 
 class DecodeCancelled(Exception):
@@ -29,10 +34,12 @@ class DecodingAudio:
     reference to the array it was cut from) even if the buffer is replaced later.
     """
 
-    def __init__(self, capacity: int, hold_back: int = HOLD_BACK) -> None:
-        """``hold_back``: 0 where the samples arrive final (a preprocessing process
-        forwards only what its own decoder published)."""
-        self._data = np.empty(max(capacity, 1), np.float32)
+    def __init__(self, capacity: int, hold_back: int = HOLD_BACK,
+                 allocate: Callable[[int], np.ndarray] | None = None) -> None:
+        """``hold_back``: 0 where the samples arrive final (``share``). ``allocate``
+        makes the buffers (a preprocessing process's are shared memory)."""
+        self._allocate = allocate or _float32_array
+        self._data = self._allocate(max(capacity, 1))
         self._hold_back = hold_back
         self._size = 0
         self._total: int | None = None
@@ -56,13 +63,25 @@ class DecodingAudio:
             raise DecodeCancelled
         end = self._size + chunk.size
         if end > self._data.size:
-            grown = np.empty(max(end, self._data.size * 3 // 2), np.float32)
+            grown = self._allocate(max(end, self._data.size * 3 // 2))
             grown[: self._size] = self._data[: self._size]
             self._data = grown
         self._data[self._size : end] = chunk
         with self._changed:
             self._size = end
             self._changed.notify_all()
+
+    def share(self, buffer: np.ndarray, size: int) -> None:
+        """The first ``size`` samples are in ``buffer``, written by a decoder elsewhere
+        (a preprocessing process, in memory both map): instead of ``extend``."""
+        with self._changed:
+            self._data, self._size = buffer, size
+            self._changed.notify_all()
+
+    @property
+    def buffer(self) -> np.ndarray:
+        """The array the samples are written to now (replaced when it grows)."""
+        return self._data
 
     def finish(self, total: int | None = None) -> None:
         """All samples are in; ``total`` cuts a padded tail."""

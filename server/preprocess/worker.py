@@ -7,10 +7,12 @@ the same pipe with messages naming the job, in this order:
 
 - ``("head", job, Head)`` once the file's head is decoded (``decode_audio``), or
   ``("refused", job, error)`` if it can't be;
-- ``("samples", job, array)`` and ``("plan", job, segments)``: a batch's samples always
-  go before the batch, so the API process holds the audio of every segment it is given;
-- the rest of the samples, ``("finished", job, total)`` and ``("planned", job)``, or
-  ``("failed", job, error)`` where decoding or planning failed.
+- ``("published", job, n)``: the job's first n samples are in its buffer, memory both
+  processes map (``granite_speech_server.preprocess.shared``), each new buffer first
+  announced by ``("buffer", job, size)`` and its descriptor;
+- ``("plan", job, segments)``, each after the samples it covers are published;
+- ``("finished", job, total)`` and ``("planned", job)``, or ``("failed", job, error)``
+  where decoding or planning failed.
 
 ``("close", job)`` from the API process (the request ended, or its client went away)
 stops the job: its decoder and planner stop at their next step, as in one process.
@@ -19,23 +21,21 @@ stops the job: its decoder and planner stop at their next step, as in one proces
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import threading
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-
-import numpy as np
+from multiprocessing.reduction import send_handle
 
 from granite_speech_server.audio.decode import decode_audio
 from granite_speech_server.audio.progressive import DecodeCancelled, DecodingAudio
 from granite_speech_server.audio.segment import PlanOptions, SpeechPlanner
 from granite_speech_server.errors import INTERNAL_ERROR_MESSAGE, ServerError
+from granite_speech_server.preprocess.shared import SharedBuffers
 from granite_speech_server.priority import lower_this_thread
 
 log = logging.getLogger(__name__)
-
-SAMPLES_PER_MESSAGE = 1 << 18
-"""Samples per ``samples`` message at most (16 s, 1 MiB)."""
-
 
 @dataclass(frozen=True)
 class Head:
@@ -70,6 +70,15 @@ class Outbox:
     def send(self, *message) -> None:
         with self._lock:
             self._conn.send(message)
+
+    def send_buffer(self, job_id: int, fd: int, samples: int) -> None:
+        """A buffer's size and descriptor, back to back (the reader takes them so)."""
+        try:
+            with self._lock:
+                self._conn.send(("buffer", job_id, samples))
+                send_handle(self._conn, fd, 0)
+        finally:
+            os.close(fd)
 
 
 class _Running:
@@ -130,12 +139,15 @@ def _run(outbox: Outbox, planner: SpeechPlanner, job_id: int, job: Job, state: _
 
 def _decode_and_plan(outbox: Outbox, planner: SpeechPlanner, job_id: int, job: Job,
                      state: _Running) -> None:
+    buffers = SharedBuffers()
     try:
-        decoded = decode_audio(job.data, **job.decode)
+        decoded = decode_audio(job.data, allocate=buffers.allocate, **job.decode)
     except ServerError as exc:
+        buffers.close()
         outbox.send("refused", job_id, exc)
         return
     except Exception:  # noqa: BLE001 - the request's answer, not this process's end
+        buffers.close()
         log.exception("Decoding failed")
         outbox.send("refused", job_id, ServerError(INTERNAL_ERROR_MESSAGE))
         return
@@ -145,15 +157,16 @@ def _decode_and_plan(outbox: Outbox, planner: SpeechPlanner, job_id: int, job: J
                                      decoded.source_sample_rate, decoded.source_channels,
                                      decoded.declared_s, audio.total))
     lower_this_thread(job.niceness)
-    sent = 0
+    publish = _Publisher(outbox, job_id, audio, buffers)
     try:
         for batch in planner(audio, job.plan):
-            sent = _forward(outbox, job_id, audio.until(batch[-1].audio_end), sent)
+            publish()
             outbox.send("plan", job_id, batch)
-        # The plan ends at the end of the file: all of it is decoded. Its samples go
-        # first, so the request has them all when its plan ends.
-        sent = _forward(outbox, job_id, audio.whole(), sent)
-        outbox.send("finished", job_id, sent)
+        # The plan ends at the end of the file: all of it is decoded, and published
+        # before the plan's end, so the request has every sample when its plan ends.
+        total = audio.whole().size
+        publish()
+        outbox.send("finished", job_id, total)
         outbox.send("planned", job_id)
     except DecodeCancelled:
         pass
@@ -162,10 +175,44 @@ def _decode_and_plan(outbox: Outbox, planner: SpeechPlanner, job_id: int, job: J
     except Exception:  # noqa: BLE001
         log.exception("Planning failed")
         outbox.send("failed", job_id, ServerError(INTERNAL_ERROR_MESSAGE))
+    finally:
+        buffers.close()
 
 
-def _forward(outbox: Outbox, job_id: int, samples: np.ndarray, sent: int) -> int:
-    """Send ``samples`` past the first ``sent``; returns how many are sent now."""
-    for start in range(sent, samples.size, SAMPLES_PER_MESSAGE):
-        outbox.send("samples", job_id, samples[start : start + SAMPLES_PER_MESSAGE])
-    return max(sent, samples.size)
+class _Publisher:
+    """Tells the API process how many of a job's samples it may read, and hands it
+    each new buffer first."""
+
+    def __init__(self, outbox: Outbox, job_id: int, audio: DecodingAudio,
+                 buffers: SharedBuffers) -> None:
+        self.outbox, self.job_id, self.audio, self.buffers = outbox, job_id, audio, buffers
+        self.published = 0
+
+    def __call__(self) -> None:
+        # The count before the buffer: a buffer that grew meanwhile holds a copy of
+        # every sample counted.
+        available = self.audio.available
+        buffer = self.audio.buffer
+        if (fd := self.buffers.hand_over(buffer)) is not None:
+            self.outbox.send_buffer(self.job_id, fd, buffer.size)
+        if available > self.published:
+            self.published = available
+            self.outbox.send("published", self.job_id, available)
+
+
+def main(argv: list[str]) -> None:
+    """``python -m granite_speech_server.preprocess.worker FD LOG_LEVEL LOG_FORMAT``, as
+    the pool starts it: FD is its end of the pipe."""
+    from granite_speech_server.logs import configure_logging
+
+    fd, level, log_format = argv
+    configure_logging(level, log_format)
+    serve(Connection(int(fd)))
+
+
+if __name__ == "__main__":
+    # The module under its own name: what this process pickles (``Head``) must unpickle
+    # in the API process, where this module isn't __main__.
+    from granite_speech_server.preprocess import worker
+
+    worker.main(sys.argv[1:])
