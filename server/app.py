@@ -25,10 +25,11 @@ from granite_speech_server.api.upload_limit import UploadLimitMiddleware
 from granite_speech_server.asr.ctc import CtcHead
 from granite_speech_server.asr.engine import SpeechEngine
 from granite_speech_server.asr.language_id import LanguageIdentifier
+from granite_speech_server.asr.vllm_engine import engine_on_cpu
 from granite_speech_server.audio.silero import SileroNetwork
 from granite_speech_server.config import Settings
 from granite_speech_server.errors import HttpError, InvalidRequest, ServerError
-from granite_speech_server.preprocess.pool import PreprocessPool, usable_cores
+from granite_speech_server.preprocess.pool import AUTO_WORKERS_MAX, PreprocessPool, usable_cores
 from granite_speech_server.state import AppState
 
 log = logging.getLogger(__name__)
@@ -119,10 +120,11 @@ async def _bring_up(state: AppState, *, own_engine: bool) -> None:
         if own_engine:
             await asyncio.to_thread(state.engine_start.run, state)
         workers = state.settings.preprocess_workers
-        workers = usable_cores() if workers is None else workers
+        workers = min(usable_cores(), AUTO_WORKERS_MAX) if workers is None else workers
         if workers:
             state.preprocess = await asyncio.to_thread(
-                PreprocessPool, workers, state.settings.log_level, state.settings.log_format)
+                PreprocessPool, workers, pin=not (own_engine and engine_on_cpu()),
+                log_level=state.settings.log_level, log_format=state.settings.log_format)
             log.info("Preprocessing in %d processes", workers)
         state.vad = await asyncio.to_thread(SileroNetwork)
         state.language_id = await asyncio.to_thread(LanguageIdentifier.loaded)

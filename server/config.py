@@ -158,8 +158,8 @@ class Settings(BaseSettings):
         ge=0,
         description="Processes that decode uploads and detect their speech beside the API "
         "process, which then only serves HTTP and drives the engine. Default: one per CPU "
-        "core the server may use (its affinity within a cgroup CPU limit). 0: threads of "
-        "the API process, bound to its one interpreter.",
+        "core the server may use (its affinity within a cgroup CPU limit), at most 8. 0: "
+        "threads of the API process, bound to its one interpreter.",
     )
     engine_spin_ms: float | None = Field(
         None,

@@ -131,6 +131,13 @@ def engine_dtype(requested: str) -> str:
     return "float32"
 
 
+def engine_on_cpu() -> bool:
+    """Whether the engine this server starts computes on the host's CPU (no GPU)."""
+    import torch
+
+    return not torch.cuda.is_available()
+
+
 def _cpu_only_x86_without_bf16() -> bool:
     import torch
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import io
 import logging
 import math
+import mmap
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -127,7 +128,7 @@ class DecodedAudio:
 
 
 def decode_audio(
-    data: bytes,
+    data: bytes | mmap.mmap,
     *,
     max_duration_s: float | None = None,
     min_duration_s: float = 0.1,
@@ -244,7 +245,7 @@ class _WavSource:
         if data[:4] not in _WAV_MAGIC or data[8:12] != b"WAVE":
             return None
         try:
-            file = sf.SoundFile(io.BytesIO(data))
+            file = sf.SoundFile(_reader(data))
         except sf.SoundFileError:
             return None  # FFmpeg gets its turn and names the problem
         codec = _WAV_PCM_CODECS.get(file.subtype)
@@ -295,7 +296,7 @@ class _FfmpegSource:
     @classmethod
     def open(cls, data: bytes, max_duration_s: float | None) -> _FfmpegSource:
         try:
-            container = av.open(io.BytesIO(data), metadata_errors="ignore")
+            container = av.open(_reader(data), metadata_errors="ignore")
         except av.FFmpegError as exc:
             raise _decode_error(exc) from exc
         stream = container.streams.best("audio")
@@ -456,6 +457,15 @@ class _StreamResampler:
 
 
 # --- shared --------------------------------------------------------------------
+
+
+def _reader(data: bytes | mmap.mmap):
+    """A file over ``data`` from its start; a memory map is read in place (a
+    preprocessing process's upload, ``granite_speech_server.preprocess.shared``)."""
+    if isinstance(data, mmap.mmap):
+        data.seek(0)
+        return data
+    return io.BytesIO(data)
 
 
 def _sanitize(x: np.ndarray) -> np.ndarray:

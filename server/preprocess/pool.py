@@ -30,7 +30,7 @@ import sys
 import threading
 from collections.abc import AsyncIterator
 from multiprocessing.connection import Connection
-from multiprocessing.reduction import recv_handle
+from multiprocessing.reduction import recv_handle, send_handle
 from pathlib import Path
 
 from granite_speech_server.audio.decode import TARGET_SAMPLE_RATE, DecodedAudio
@@ -38,12 +38,17 @@ from granite_speech_server.audio.progressive import DecodingAudio
 from granite_speech_server.audio.segment import PlannedSegment, PlanOptions
 from granite_speech_server.errors import INTERNAL_ERROR_MESSAGE, ServerError
 from granite_speech_server.preprocess import worker
-from granite_speech_server.preprocess.shared import map_buffer
+from granite_speech_server.preprocess.shared import map_buffer, share_bytes
 from granite_speech_server.preprocess.worker import Head, Job
 
 log = logging.getLogger(__name__)
 
 WORKER_LOST_MESSAGE = "The audio preprocessing process stopped unexpectedly."
+
+AUTO_WORKERS_MAX = 8
+"""Processes started by default, at most: enough for an H100's rate (loadtest/RESULTS.md,
+"Front-end capacity"). A pod without a CPU limit sees every core of its node, and each
+process holds ~190 MB."""
 
 
 def usable_cores() -> int:
@@ -100,15 +105,16 @@ class _Worker:
         # A fresh interpreter running the worker module, not a fork (torch's threads)
         # nor multiprocessing's spawn (which imports the parent's __main__ again).
         ours, theirs = socket.socketpair()
-        with theirs:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", worker.__name__, str(theirs.fileno()),
-                 *self.pool.log_settings], pass_fds=[theirs.fileno()])
+        core = "-"
         if self.pool.pinned:
             # One core each: its threads then never hold two cores taking turns at its
             # one interpreter lock (+11% CPU per audio second on two cores, unpinned).
             cores = sorted(os.sched_getaffinity(0))
-            os.sched_setaffinity(self.process.pid, {cores[self.index % len(cores)]})
+            core = str(cores[self.index % len(cores)])
+        with theirs:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", worker.__name__, str(theirs.fileno()), core,
+                 *self.pool.log_settings], pass_fds=[theirs.fileno()])
         self.conn = Connection(ours.detach())
         try:
             ready = self.conn.recv()
@@ -124,6 +130,15 @@ class _Worker:
     def send(self, *message) -> None:
         with self._send_lock:
             self.conn.send(message)
+
+    def send_job(self, job_id: int, job: Job, fd: int) -> None:
+        """The job, then its upload's descriptor (closed here)."""
+        try:
+            with self._send_lock:
+                self.conn.send(("job", job_id, job))
+                send_handle(self.conn, fd, self.process.pid)
+        finally:
+            os.close(fd)
 
     def _read(self) -> None:
         while True:
@@ -147,7 +162,11 @@ class _Worker:
         if not self.pool.closing:
             log.error("Preprocessing process %d exited (code %s); starting another",
                       self.index, self.process.wait())
-            self._start()
+            try:
+                self._start()
+            except Exception:  # noqa: BLE001 - the pool goes on with the others
+                log.exception("Preprocessing process %d could not be started again",
+                              self.index)
 
     def _deliver(self, job_id: int, job: _RemoteJob, kind: str, rest: list) -> None:
         """Runs in the reader thread: samples go straight into the audio (its one
@@ -215,13 +234,17 @@ def _settle(future: asyncio.Future, outcome) -> None:
 class PreprocessPool:
     """``size`` preprocessing processes; each upload goes to the least busy one."""
 
-    def __init__(self, size: int, log_level: str = "info", log_format: str = "text") -> None:
+    def __init__(self, size: int, *, pin: bool = True, log_level: str = "info",
+                 log_format: str = "text") -> None:
+        """``pin``: one core per process, where the cores are this server's alone (a
+        CPU-manager pod, taskset; within a CFS quota over a node's cores, a pinned
+        process would wait for one core while others idle). Not where the engine
+        computes on the same CPU: vLLM pins its worker there, and a process pinned
+        beside it waits while the other core idles (one client's requests took 1.13x as
+        long, against 0.87x unpinned, in ``loadtest.bench --compare-vllm``)."""
         self.closing = False
         self.log_settings = (log_level, log_format)
-        # Pinned only where the cores are this server's alone (a CPU-manager pod, taskset):
-        # within a CFS quota over a node's cores, a pinned process would wait for one
-        # core while others idle.
-        self.pinned = size == len(os.sched_getaffinity(0)) == usable_cores()
+        self.pinned = pin and size == len(os.sched_getaffinity(0)) == usable_cores()
         self._ids = itertools.count()
         self.workers = [_Worker(index, self) for index in range(size)]
 
@@ -234,10 +257,8 @@ class PreprocessPool:
         job_id = next(self._ids)
         job = chosen.jobs[job_id] = _RemoteJob(asyncio.get_running_loop())
         try:
-            # A thread's: the upload's megabytes go through the pipe as fast as the
-            # process reads them, which the event loop must not wait for.
-            await asyncio.to_thread(chosen.send, "job", job_id,
-                                    Job(data, decode, plan, niceness))
+            fd = await asyncio.to_thread(share_bytes, data)  # a copy: off the event loop
+            chosen.send_job(job_id, Job(len(data), decode, plan, niceness), fd)
         except OSError as exc:
             chosen.jobs.pop(job_id, None)
             raise ServerError(WORKER_LOST_MESSAGE) from exc

@@ -2,7 +2,8 @@
 one and the API process reads the very same pages. No copy crosses the pipe, and a
 recording is held once however many processes look at it.
 
-The memory is an anonymous file (``memfd_create``), not ``/dev/shm``: containers
+Uploads go over the same way. The memory is an anonymous file (``memfd_create``), not
+``/dev/shm``: containers
 get a 64 MB ``/dev/shm`` by default, less than one long upload. Its descriptor goes
 over the pipe (``SCM_RIGHTS``); the memory is freed when both processes dropped their
 mappings.
@@ -61,5 +62,26 @@ def map_buffer(fd: int, samples: int) -> np.ndarray:
     try:
         return np.frombuffer(mmap.mmap(fd, samples * SAMPLE_BYTES, prot=mmap.PROT_READ),
                              np.float32)
+    finally:
+        os.close(fd)
+
+
+def share_bytes(data: bytes) -> int:
+    """A new descriptor of memory holding ``data``, for the other process to map (an
+    upload: through the pipe, 19 MB took ~60 ms of pickling and copying)."""
+    fd = os.memfd_create("granite-speech-upload", os.MFD_CLOEXEC)
+    try:
+        with open(fd, "wb", closefd=False) as memory:
+            memory.write(data)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def map_bytes(fd: int, size: int) -> bytes | mmap.mmap:
+    """What ``share_bytes`` shared, read-only (the descriptor is closed)."""
+    try:
+        return mmap.mmap(fd, size, prot=mmap.PROT_READ) if size else b""
     finally:
         os.close(fd)

@@ -2,7 +2,8 @@
 process, so that work is not bound to the API process's interpreter.
 
 The API process (``granite_speech_server.preprocess.pool``) sends a job over a pipe:
-the upload's bytes, the decode limits and the plan's options. This process answers on
+the decode limits and the plan's options, then the descriptor of memory holding the
+upload (``granite_speech_server.preprocess.shared``). This process answers on
 the same pipe with messages naming the job, in this order:
 
 - ``("head", job, Head)`` once the file's head is decoded (``decode_audio``), or
@@ -22,17 +23,18 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import threading
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from multiprocessing.reduction import send_handle
+from multiprocessing.reduction import recv_handle, send_handle
 
 from granite_speech_server.audio.decode import decode_audio
 from granite_speech_server.audio.progressive import DecodeCancelled, DecodingAudio
 from granite_speech_server.audio.segment import PlanOptions, SpeechPlanner
 from granite_speech_server.errors import INTERNAL_ERROR_MESSAGE, ServerError
-from granite_speech_server.preprocess.shared import SharedBuffers
+from granite_speech_server.preprocess.shared import SharedBuffers, map_bytes
 from granite_speech_server.priority import lower_this_thread
 
 log = logging.getLogger(__name__)
@@ -52,7 +54,8 @@ class Head:
 
 @dataclass(frozen=True)
 class Job:
-    data: bytes
+    size: int
+    """The upload's bytes, whose memory's descriptor follows the job on the pipe."""
     decode: dict
     """``decode_audio``'s keyword arguments."""
     plan: PlanOptions
@@ -120,28 +123,30 @@ def serve(conn: Connection) -> None:
             break
         kind, job_id, *rest = message
         if kind == "job":
+            job: Job = rest[0]
+            data = map_bytes(recv_handle(conn), job.size)
             running[job_id] = state = _Running()
-            threading.Thread(target=_run, args=(outbox, planner, job_id, rest[0], state, running),
-                             name=f"job-{job_id}", daemon=True).start()
+            threading.Thread(target=_run, name=f"job-{job_id}", daemon=True,
+                             args=(outbox, planner, job_id, job, data, state, running)).start()
         elif kind == "close" and (state := running.get(job_id)) is not None:
             state.close()
     for state in list(running.values()):
         state.close()
 
 
-def _run(outbox: Outbox, planner: SpeechPlanner, job_id: int, job: Job, state: _Running,
-         running: dict[int, _Running]) -> None:
+def _run(outbox: Outbox, planner: SpeechPlanner, job_id: int, job: Job, data,
+         state: _Running, running: dict[int, _Running]) -> None:
     try:
-        _decode_and_plan(outbox, planner, job_id, job, state)
+        _decode_and_plan(outbox, planner, job_id, job, data, state)
     finally:
         running.pop(job_id, None)
 
 
 def _decode_and_plan(outbox: Outbox, planner: SpeechPlanner, job_id: int, job: Job,
-                     state: _Running) -> None:
+                     data, state: _Running) -> None:
     buffers = SharedBuffers()
     try:
-        decoded = decode_audio(job.data, allocate=buffers.allocate, **job.decode)
+        decoded = decode_audio(data, allocate=buffers.allocate, **job.decode)
     except ServerError as exc:
         buffers.close()
         outbox.send("refused", job_id, exc)
@@ -201,11 +206,19 @@ class _Publisher:
 
 
 def main(argv: list[str]) -> None:
-    """``python -m granite_speech_server.preprocess.worker FD LOG_LEVEL LOG_FORMAT``, as
-    the pool starts it: FD is its end of the pipe."""
+    """``python -m granite_speech_server.preprocess.worker FD CORE LOG_LEVEL LOG_FORMAT``,
+    as the pool starts it: FD is its end of the pipe, CORE the one it runs on (``-``:
+    any), before any thread starts."""
     from granite_speech_server.logs import configure_logging
 
-    fd, level, log_format = argv
+    fd, core, level, log_format = argv
+    # The server drains on SIGTERM/SIGINT and then closes the pipe: a signal sent to the
+    # whole process group (Ctrl-C, an init that forwards to the group) must not end a
+    # job the drain is waiting for. Without the server, the pipe's end ends this process.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if core != "-":
+        os.sched_setaffinity(0, {int(core)})
     configure_logging(level, log_format)
     serve(Connection(int(fd)))
 
