@@ -18,12 +18,14 @@ import pytest_asyncio
 import srt
 import webvtt
 
+from granite_speech_server.preprocess import worker
 from tests.e2e.test_transcriptions import MODEL
 from tools.long_audio import PlacedUtterance, long_recording
 from tools.speech_corpus import wav_bytes, word_error_rate
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 TOLERANCE_S = 0.3
+WORKER_MODULE = worker.__name__
 
 
 @pytest.fixture(scope="module")
@@ -117,8 +119,7 @@ def server_memory() -> int:
     """Proportional set size of this process (the app runs in it) and its preprocessing
     processes: memory both map (a recording's samples) counts once."""
     processes = [psutil.Process(), *(child for child in psutil.Process().children()
-                                     if "spawn_main" in " ".join(child.cmdline())
-                                     and not child.name().startswith("VLLM"))]
+                                     if WORKER_MODULE in child.cmdline())]
     assert len(processes) > 1, "no preprocessing processes beside the app"
     return sum(int(line.split()[1]) * 1024
                for process in processes
