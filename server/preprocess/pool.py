@@ -222,6 +222,11 @@ class _Worker:
             self.process.wait()
 
 
+def _close_shared(copying: asyncio.Future) -> None:
+    if not copying.cancelled() and copying.exception() is None:
+        os.close(copying.result())
+
+
 def _settle(future: asyncio.Future, outcome) -> None:
     if future.done():  # the request was cancelled meanwhile
         return
@@ -252,12 +257,19 @@ class PreprocessPool:
                      **decode: object) -> DecodedAudio:
         """``decode_audio(data, **decode)``, run in a preprocessing process, with the
         plan made there too: the audio's ``plan``. Raises what ``decode_audio`` raises."""
+        # The copy runs off the event loop; a request cancelled meanwhile must still
+        # close the memory it made, or it would stay for the server's lifetime.
+        copying = asyncio.ensure_future(asyncio.to_thread(share_bytes, data))
+        try:
+            fd = await asyncio.shield(copying)
+        except asyncio.CancelledError:
+            copying.add_done_callback(_close_shared)
+            raise
         live = [w for w in self.workers if w.alive] or self.workers
         chosen = min(live, key=lambda w: len(w.jobs))
         job_id = next(self._ids)
         job = chosen.jobs[job_id] = _RemoteJob(asyncio.get_running_loop())
         try:
-            fd = await asyncio.to_thread(share_bytes, data)  # a copy: off the event loop
             chosen.send_job(job_id, Job(len(data), decode, plan, niceness), fd)
         except OSError as exc:
             chosen.jobs.pop(job_id, None)

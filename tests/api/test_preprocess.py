@@ -154,3 +154,19 @@ async def test_a_process_that_dies_fails_its_requests_and_is_replaced(processes,
     await until(lambda: pool.workers[0].alive)
     assert (await post(client, long_mp3)).status_code == 200
     assert (await client.get("/ready")).status_code == 200
+
+
+async def test_a_request_cancelled_while_its_upload_is_copied_leaks_no_memory(processes,
+                                                                             long_mp3):
+    """The upload's copy into shared memory runs in a thread: a request cancelled during
+    it still closes the memory's descriptor, and leaves no job behind."""
+    _, _, pool = processes
+    before = len(os.listdir("/proc/self/fd"))
+    decoding = asyncio.create_task(pool.decode(long_mp3 * 20, plan=PlanOptions(),
+                                               niceness=0, head_s=20.0))
+    await asyncio.sleep(0)  # the copy has started
+    decoding.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await decoding
+    await until(lambda: len(os.listdir("/proc/self/fd")) <= before)
+    assert pool.workers[0].jobs == {}
