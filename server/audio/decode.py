@@ -14,6 +14,8 @@ Two decoders:
   flac, mp4 and whatever else FFmpeg decodes. FLAC and Ogg go here too because
   libsndfile trusts their headers (it silently drops audio beyond a FLAC
   STREAMINFO count that is too small, and crashes on one that says "unknown").
+  Opus's packets, demuxed by FFmpeg, are decoded by libopus at 16 kHz
+  (``granite_speech_server.audio.opus``): no resampling up to 48 kHz and back.
 
 Duration limits are enforced twice on the FFmpeg path: against the duration
 the container declares, before decoding, and while decoding, so a file that
@@ -26,7 +28,7 @@ import io
 import logging
 import math
 import mmap
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -36,6 +38,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from granite_speech_server.audio.opus import RATE as OPUS_RATE
+from granite_speech_server.audio.opus import OpusDecodeError, OpusDecoder
 from granite_speech_server.audio.progressive import DecodeCancelled, DecodingAudio
 from granite_speech_server.errors import (
     AudioDecodeError,
@@ -78,12 +82,6 @@ _WAV_PCM_CODECS = {
 }
 _SOUNDFILE_WAV_FORMATS = {"WAV", "WAVEX", "RF64"}
 _WAV_MAGIC = {b"RIFF", b"RF64"}
-
-_FASTER_DECODERS = {"opus": "libopus"}
-"""Decoders used instead of FFmpeg's default for a codec: libopus (the reference
-decoder, in PyAV's FFmpeg) decoded the bench corpus's Opus in 0.65 of the CPU time of
-FFmpeg's own decoder. Not bit-identical (FFmpeg's resamples SILK differently), both
-conformant."""
 
 # FFmpeg names some demuxers after a family of formats; keep the name clients know.
 _FORMAT_NAMES = {"mov,mp4,m4a,3gp,3g2,mj2": "mp4", "matroska,webm": "webm"}
@@ -291,7 +289,7 @@ class _FfmpegSource:
         self.codec, self.rate, self.channels = ctx.name, ctx.sample_rate, ctx.layout.nb_channels
         self.declared_s = _declared_duration(container, stream)
         self._decoded_s = self._last_frame_s = 0.0
-        self._decoder = _decoder(stream)
+        self._decode = _decoder(stream)
 
     @classmethod
     def open(cls, data: bytes, max_duration_s: float | None) -> _FfmpegSource:
@@ -315,16 +313,16 @@ class _FfmpegSource:
         resampler = _StreamResampler()
         limit = self._max_duration_s
         with self._container:
-            for frame in _frames(self._container, self._stream, self._decoder):
+            for samples, rate in _decoded(self._container, self._stream, self._decode):
                 # Checked before adding the frame: memory stays within the limit plus
                 # one frame, and the exact check after trimming decides.
                 if limit is not None and self._decoded_s > limit:
                     raise AudioTooLong(
                         f"Audio is longer than the maximum of {_seconds(limit)} s."
                     )
-                self._last_frame_s = frame.samples / frame.sample_rate
+                self._last_frame_s = len(samples) / rate
                 self._decoded_s += self._last_frame_s
-                yield from resampler.feed(_frame_to_mono(frame), frame.sample_rate)
+                yield from resampler.feed(samples, rate)
         yield from resampler.flush()
 
     def length(self, decoded: int) -> int:
@@ -346,26 +344,26 @@ def _declared_duration(container, stream) -> float | None:
     return None
 
 
-def _decoder(stream) -> av.CodecContext:
-    """The stream's decoder: FFmpeg's default, or one of ``_FASTER_DECODERS``."""
-    name = _FASTER_DECODERS.get(stream.codec_context.name)
-    extradata = stream.codec_context.extradata
-    if name is None or name not in av.codecs_available or not extradata:
-        return stream.codec_context
-    decoder = av.CodecContext.create(name, "r")
-    # Opus's header (channels, mapping, pre-skip) is the extradata; float output, as
-    # FFmpeg's own decoder gives, rather than libopus's default of 16-bit.
-    decoder.extradata = extradata
-    decoder.options = {"request_sample_fmt": "flt"}
-    return decoder
+Decoder = Callable[[av.Packet], Iterable[tuple[np.ndarray, int]]]
+"""A packet -> its audio, as (mono float32 samples, their sample rate) pieces."""
 
 
-def _frames(container, stream, decoder) -> Iterator[av.AudioFrame]:
-    """Decoded frames. As FFmpeg's CLI does, a packet that fails to decode is
-    skipped and a demuxer error ends the stream (a truncated recording keeps the
-    audio it has); a file where failures are the majority is an error."""
+def _decoder(stream) -> Decoder:
+    """libopus at 16 kHz for Opus (``audio.opus``), FFmpeg for the rest."""
+    context = stream.codec_context
+    opus = OpusDecoder.for_stream(context.extradata) if context.name == "opus" else None
+    if opus is not None:
+        return lambda packet: [(opus.decode(packet), OPUS_RATE)]
+    return lambda packet: [(_frame_to_mono(frame), frame.sample_rate)
+                           for frame in context.decode(packet)]
+
+
+def _decoded(container, stream, decode: Decoder) -> Iterator[tuple[np.ndarray, int]]:
+    """The stream's audio, packet by packet. As FFmpeg's CLI does, a packet that fails to
+    decode is skipped and a demuxer error ends the stream (a truncated recording keeps
+    the audio it has); a file where failures are the majority is an error."""
     good = bad = 0
-    first_error: av.FFmpegError | None = None
+    first_error: av.FFmpegError | OpusDecodeError | None = None
     packets = container.demux(stream)
     while True:
         try:
@@ -376,12 +374,12 @@ def _frames(container, stream, decoder) -> Iterator[av.AudioFrame]:
             bad, first_error = bad + 1, first_error or exc
             break  # the demuxer can't go on
         try:
-            frames = decoder.decode(packet)
-        except av.FFmpegError as exc:
+            pieces = decode(packet)
+        except (av.FFmpegError, OpusDecodeError) as exc:
             bad, first_error = bad + 1, first_error or exc
             continue
         good += 1
-        yield from frames
+        yield from pieces
     if first_error is not None and bad >= good:
         raise _decode_error(first_error)
 
@@ -499,7 +497,7 @@ def _check_duration(duration_s, max_duration_s, min_duration_s) -> None:
         )
 
 
-def _decode_error(exc: av.FFmpegError) -> AudioDecodeError:
+def _decode_error(exc: av.FFmpegError | OpusDecodeError) -> AudioDecodeError:
     reason = exc.strerror or type(exc).__name__
     if isinstance(exc, av.error.EOFError):
         reason = "the file ends unexpectedly (truncated upload?)"

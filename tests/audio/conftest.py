@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import soxr
 
 from tests.audio_samples import FORMATS, MissingTool, encode, synthesize_speech
 
@@ -69,3 +70,14 @@ def _or_fail(make: Callable[..., Path], *args, **kwargs) -> Path:
     except MissingTool as exc:
         missing = str(exc)
     pytest.fail(missing, pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def stereo_wav(speech, tmp_path_factory) -> tuple[Path, np.ndarray]:
+    """Speech on the left, the same speech reversed and quieter on the right; and the
+    mean of the two at 16 kHz, what decoding should give."""
+    original, rate = speech
+    left, right = original, -0.5 * original[::-1]
+    path = tmp_path_factory.mktemp("stereo") / "stereo.wav"
+    sf.write(path, np.stack([left, right], axis=1), rate, subtype="FLOAT")
+    return path, soxr.resample((left + right) / 2, rate, 16000, quality="HQ")

@@ -120,16 +120,6 @@ def test_sample_rate_change_mid_stream(encoded, speech):
 # --- channels ------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def stereo_wav(speech, tmp_path_factory) -> tuple[Path, np.ndarray]:
-    """Speech on the left, the same speech reversed and quieter on the right."""
-    original, rate = speech
-    left, right = original, -0.5 * original[::-1]
-    path = tmp_path_factory.mktemp("stereo") / "stereo.wav"
-    sf.write(path, np.stack([left, right], axis=1), rate, subtype="FLOAT")
-    return path, to_16k((left + right) / 2, rate)
-
-
 def test_stereo_wav_is_the_mean_of_its_channels(stereo_wav):
     path, expected_mean = stereo_wav
     decoded = decode_audio(path.read_bytes())
@@ -269,17 +259,17 @@ def test_mp3_without_xing_header(encoded):
 def test_decoding_stops_at_the_limit(encoded, monkeypatch):
     """With no declared duration, memory is bounded: decoding stops one frame past it."""
     data = flac_declaring(encoded("flac").read_bytes(), 0)
-    decoded_samples = []
-    original = decode_module._frame_to_mono
+    kept = []
+    original = decode_module._StreamResampler.feed
 
-    def counting(frame):
-        decoded_samples.append(frame.samples)
-        return original(frame)
+    def counting(self, samples, rate):
+        kept.append(len(samples))
+        return original(self, samples, rate)
 
-    monkeypatch.setattr(decode_module, "_frame_to_mono", counting)
+    monkeypatch.setattr(decode_module._StreamResampler, "feed", counting)
     with pytest.raises(AudioTooLong):
         decode_audio(data, max_duration_s=1.0)
-    assert 1.0 < sum(decoded_samples) / 22050 <= 1.0 + max(decoded_samples) / 22050
+    assert 1.0 < sum(kept) / 22050 <= 1.0 + max(kept) / 22050
 
 
 def test_errors_carry_the_file_param():
