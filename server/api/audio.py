@@ -131,24 +131,25 @@ async def decode_upload(state: AppState, file: UploadFile, context: RequestConte
     """The upload's audio: its head decoded, the rest of a long file still decoding; in
     a preprocessing process, if the server has them, which plans it there too."""
     settings = state.settings
-    data = await file.read(settings.max_upload_bytes + 1)
-    await file.close()  # its spooled copy isn't needed once the bytes are in memory
     # UploadLimitMiddleware already bounded the whole body; this bounds the file itself.
-    if len(data) > settings.max_upload_bytes:
+    if (file.size or 0) > settings.max_upload_bytes:
         raise UploadTooLarge(f"The upload exceeds the limit of {settings.max_upload_mb:g} MB.")
     limits = {"head_s": HEAD_S, "max_duration_s": settings.max_audio_seconds,
               "min_duration_s": settings.min_audio_seconds,
               "rest_niceness": settings.preprocessing_niceness}
     try:
-        if state.preprocess is not None:
+        if state.preprocess is not None:  # it maps the spool (InMemoryUploadParser's)
             decoded = await state.preprocess.decode(
-                data, plan=plan, niceness=settings.preprocessing_niceness, **limits)
+                file.file, plan=plan, niceness=settings.preprocessing_niceness, **limits)
         else:
-            decoded = await run_in_threadpool(decode_audio, data, **limits)
+            decoded = await run_in_threadpool(decode_audio, await file.read(), **limits)
     except ServerError as exc:
-        container, codec = await run_in_threadpool(probe_format, data)
+        await file.seek(0)
+        container, codec = await run_in_threadpool(probe_format, await file.read())
         state.metrics.decode_failures.labels(container, codec, exc.code or "unknown").inc()
         raise
+    finally:
+        await file.close()  # a preprocessing process holds a descriptor of its own
     context.audio_seconds = decoded.expected_duration_s
     state.metrics.audio_received.labels(context.endpoint).inc(decoded.expected_duration_s)
     return decoded

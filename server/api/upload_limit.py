@@ -1,5 +1,5 @@
 """Bounds on the request body, enforced while it streams in; and where an upload waits
-for its route: in memory, up to ``IN_MEMORY_UPLOAD_BYTES``.
+for its route: in memory a preprocessing process can map (``InMemoryUploadParser``).
 
 A declared ``Content-Length`` over the limit is refused before a byte of the body
 is read. Otherwise the bytes are counted as the app receives them; the moment
@@ -27,29 +27,36 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from granite_speech_server.api.context import CONTEXT_KEY, RequestContext
 from granite_speech_server.api.envelope import error_response
 from granite_speech_server.errors import ServerError, UploadTooLarge
+from granite_speech_server.preprocess.shared import UploadSpool
 
 FORM_OVERHEAD_BYTES = 64 * 1024
 """Room for the multipart framing and the text fields beside a file of the full size."""
 
 _DISCONNECT: Message = {"type": "http.disconnect"}
 
-IN_MEMORY_UPLOAD_BYTES = 32 * 2**20
-"""Uploads up to this size are spooled in memory, where they are read into right after.
-Starlette's default (1 MB) rolls anything larger to a temporary file, written and read
-back a 64 KB chunk at a time through the thread pool: ~40 ms for a 19 MB WAV, all of it
-before the first text of a stream."""
-
-
 class InMemoryUploadParser(MultiPartParser):
-    spool_max_size = IN_MEMORY_UPLOAD_BYTES
+    """Starlette's parser, spooling each file part into an ``UploadSpool`` (memory a
+    preprocessing process maps) instead of a ``SpooledTemporaryFile``, which rolled
+    anything over 1 MB to a temporary file written and read back a 64 KB chunk at a time
+    through the thread pool: ~40 ms for a 19 MB WAV, before the first text of a stream.
+    The body's limit (``UploadLimitMiddleware``) bounds it."""
+
+    def on_headers_finished(self) -> None:
+        super().on_headers_finished()
+        upload = self._current_part.file
+        if upload is not None:  # a file part: Starlette just made its spool
+            self._files_to_close_on_error.remove(upload.file)
+            upload.file.close()
+            upload.file = UploadSpool()
+            self._files_to_close_on_error.append(upload.file)
 
 
 class InMemoryUploadRequest(Request):
     """A request whose multipart form is parsed by ``InMemoryUploadParser``.
 
-    Starlette takes no spool size from its callers, and its parser's class attribute is
-    every app's in the process: the routes that want uploads in memory get this request
-    (``InMemoryUploadRoute``), and Starlette's parser is left as it is."""
+    Starlette takes no parser from its callers: the routes that want their uploads
+    spooled so get this request (``InMemoryUploadRoute``), and Starlette's parser is left
+    as it is for every other app in the process."""
 
     async def _get_form(self, *, max_files: int | float = 1000, max_fields: int | float = 1000,
                         max_part_size: int = 1024 * 1024) -> FormData:
@@ -67,8 +74,8 @@ class InMemoryUploadRequest(Request):
 
 
 class InMemoryUploadRoute(APIRoute):
-    """A route that keeps uploads up to ``IN_MEMORY_UPLOAD_BYTES`` in memory (FastAPI's
-    way to give a route its own request class: ``APIRouter(route_class=...)``)."""
+    """A route whose uploads are spooled by ``InMemoryUploadParser`` (FastAPI's way to
+    give a route its own request class: ``APIRouter(route_class=...)``)."""
 
     def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
         handle = super().get_route_handler()

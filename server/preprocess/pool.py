@@ -38,7 +38,7 @@ from granite_speech_server.audio.progressive import DecodingAudio
 from granite_speech_server.audio.segment import PlannedSegment, PlanOptions
 from granite_speech_server.errors import INTERNAL_ERROR_MESSAGE, ServerError
 from granite_speech_server.preprocess import worker
-from granite_speech_server.preprocess.shared import map_buffer, share_bytes
+from granite_speech_server.preprocess.shared import UploadSpool, map_buffer
 from granite_speech_server.preprocess.worker import Head, Job
 
 log = logging.getLogger(__name__)
@@ -222,11 +222,6 @@ class _Worker:
             self.process.wait()
 
 
-def _close_shared(copying: asyncio.Future) -> None:
-    if not copying.cancelled() and copying.exception() is None:
-        os.close(copying.result())
-
-
 def _settle(future: asyncio.Future, outcome) -> None:
     if future.done():  # the request was cancelled meanwhile
         return
@@ -253,24 +248,17 @@ class PreprocessPool:
         self._ids = itertools.count()
         self.workers = [_Worker(index, self) for index in range(size)]
 
-    async def decode(self, data: bytes, *, plan: PlanOptions, niceness: int,
+    async def decode(self, upload: UploadSpool, *, plan: PlanOptions, niceness: int,
                      **decode: object) -> DecodedAudio:
-        """``decode_audio(data, **decode)``, run in a preprocessing process, with the
-        plan made there too: the audio's ``plan``. Raises what ``decode_audio`` raises."""
-        # The copy runs off the event loop; a request cancelled meanwhile must still
-        # close the memory it made, or it would stay for the server's lifetime.
-        copying = asyncio.ensure_future(asyncio.to_thread(share_bytes, data))
-        try:
-            fd = await asyncio.shield(copying)
-        except asyncio.CancelledError:
-            copying.add_done_callback(_close_shared)
-            raise
+        """``decode_audio`` of the upload, run in a preprocessing process, which maps the
+        spool's own memory and makes the plan there too: the audio's ``plan``. Raises
+        what ``decode_audio`` raises."""
         live = [w for w in self.workers if w.alive] or self.workers
         chosen = min(live, key=lambda w: len(w.jobs))
         job_id = next(self._ids)
         job = chosen.jobs[job_id] = _RemoteJob(asyncio.get_running_loop())
         try:
-            chosen.send_job(job_id, Job(len(data), decode, plan, niceness), fd)
+            chosen.send_job(job_id, Job(upload.size, decode, plan, niceness), upload.share())
         except OSError as exc:
             chosen.jobs.pop(job_id, None)
             raise ServerError(WORKER_LOST_MESSAGE) from exc

@@ -2,15 +2,15 @@
 one and the API process reads the very same pages. No copy crosses the pipe, and a
 recording is held once however many processes look at it.
 
-Uploads go over the same way. The memory is an anonymous file (``memfd_create``), not
-``/dev/shm``: containers
-get a 64 MB ``/dev/shm`` by default, less than one long upload. Its descriptor goes
-over the pipe (``SCM_RIGHTS``); the memory is freed when both processes dropped their
-mappings.
+Uploads go over the same way (``UploadSpool``). The memory is an anonymous file
+(``memfd_create``), not ``/dev/shm``: containers get a 64 MB ``/dev/shm`` by default,
+less than one long upload. Its descriptor goes over the pipe (``SCM_RIGHTS``); the
+memory is freed when both processes dropped their mappings.
 """
 
 from __future__ import annotations
 
+import io
 import mmap
 import os
 import threading
@@ -66,21 +66,47 @@ def map_buffer(fd: int, samples: int) -> np.ndarray:
         os.close(fd)
 
 
-def share_bytes(data: bytes) -> int:
-    """A new descriptor of memory holding ``data``, for the other process to map (an
-    upload: through the pipe, 19 MB took ~60 ms of pickling and copying)."""
-    fd = os.memfd_create("granite-speech-upload", os.MFD_CLOEXEC)
-    try:
-        with open(fd, "wb", closefd=False) as memory:
-            memory.write(data)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+class UploadSpool(io.FileIO):
+    """An upload, spooled as it arrives into memory a preprocessing process can map: the
+    audio routes' multipart parser writes file parts here (``api.upload_limit``), and
+    the process gets the descriptor, so the upload is never copied (a 19 MB WAV was
+    copied twice, ~20 ms before the first text of its stream)."""
+
+    _rolled = False
+    """What Starlette's UploadFile reads to tell a spool in memory, which it writes on the
+    event loop, from one on disk, which it writes through the thread pool (64 KB a hop)."""
+
+    def __init__(self) -> None:
+        super().__init__(os.memfd_create("granite-speech-upload", os.MFD_CLOEXEC), "w+")
+
+    def write(self, data) -> int:
+        view = memoryview(data)
+        while view:  # a raw write may take less than it is given
+            view = view[super().write(view):]
+        return len(data)
+
+    @classmethod
+    def holding(cls, data: bytes) -> UploadSpool:
+        """A spool of bytes that arrived some other way."""
+        spool = cls()
+        try:
+            spool.write(data)
+        except BaseException:
+            spool.close()
+            raise
+        return spool
+
+    @property
+    def size(self) -> int:
+        return os.fstat(self.fileno()).st_size
+
+    def share(self) -> int:
+        """A new descriptor of the spool, for another process to map and close."""
+        return os.dup(self.fileno())
 
 
 def map_bytes(fd: int, size: int) -> bytes | mmap.mmap:
-    """What ``share_bytes`` shared, read-only (the descriptor is closed)."""
+    """What ``UploadSpool.share`` shared, read-only (the descriptor is closed)."""
     try:
         return mmap.mmap(fd, size, prot=mmap.PROT_READ) if size else b""
     finally:

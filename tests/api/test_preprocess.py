@@ -19,6 +19,7 @@ import pytest_asyncio
 import soundfile as sf
 
 from granite_speech_server.audio.segment import PlanOptions
+from granite_speech_server.preprocess.shared import UploadSpool
 from tests import audio_samples
 from tests.api.conftest import MODEL, api_settings, serving
 from tests.api.fake_engine import FakeEngine
@@ -130,7 +131,8 @@ async def test_closing_the_audio_stops_its_job_in_the_process(processes):
     _, _, pool = processes
     idle = job_threads(pool)
     samples, _ = long_recording(1800, seed=1, distinct=6)  # half an hour: long to decode
-    decoded = await pool.decode(wav_bytes(samples), plan=PlanOptions(), niceness=0,
+    decoded = await pool.decode(UploadSpool.holding(wav_bytes(samples)), plan=PlanOptions(),
+                                niceness=0,
                                 head_s=20.0, max_duration_s=7200.0, min_duration_s=0.1)
     assert job_threads(pool) > idle  # the job and its decoder run on
     decoded.audio.close()
@@ -156,17 +158,21 @@ async def test_a_process_that_dies_fails_its_requests_and_is_replaced(processes,
     assert (await client.get("/ready")).status_code == 200
 
 
-async def test_a_request_cancelled_while_its_upload_is_copied_leaks_no_memory(processes,
-                                                                             long_mp3):
-    """The upload's copy into shared memory runs in a thread: a request cancelled during
-    it still closes the memory's descriptor, and leaves no job behind."""
+async def test_the_process_maps_the_uploads_own_memory(processes, long_mp3, monkeypatch):
+    """No copy of the upload: the process gets a descriptor of the very spool the parser
+    wrote, and the API process keeps none once the job is sent."""
     _, _, pool = processes
-    before = len(os.listdir("/proc/self/fd"))
-    decoding = asyncio.create_task(pool.decode(long_mp3 * 20, plan=PlanOptions(),
-                                               niceness=0, head_s=20.0))
-    await asyncio.sleep(0)  # the copy has started
-    decoding.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await decoding
-    await until(lambda: len(os.listdir("/proc/self/fd")) <= before)
-    assert pool.workers[0].jobs == {}
+    sent = []
+    send_job = pool.workers[0].send_job
+
+    def recording(job_id, job, fd):
+        sent.append(os.fstat(fd).st_ino)
+        send_job(job_id, job, fd)
+
+    monkeypatch.setattr(pool.workers[0], "send_job", recording)
+    spool = UploadSpool.holding(long_mp3)
+    decoded = await pool.decode(spool, plan=PlanOptions(), niceness=0, head_s=20.0)
+    assert sent == [os.fstat(spool.fileno()).st_ino]
+    spool.close()
+    assert decoded.audio.whole().size > 0  # read from the spool after the API closed it
+    decoded.audio.close()

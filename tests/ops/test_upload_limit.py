@@ -1,23 +1,18 @@
-"""The upload limit, enforced while the body streams in, and the temporary files that
-Starlette spools uploads to: none outlives its request, however the request ends."""
+"""The upload limit, enforced while the body streams in, and the memory uploads are spooled
+to: none outlives its request, however the request ends."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
-import tempfile
-from pathlib import Path
 
 import httpx
 import pytest
 from starlette.requests import Request
 
-from granite_speech_server.api.upload_limit import (
-    IN_MEMORY_UPLOAD_BYTES,
-    InMemoryUploadParser,
-    InMemoryUploadRequest,
-)
+from granite_speech_server.api.upload_limit import InMemoryUploadRequest
+from granite_speech_server.preprocess.shared import UploadSpool
 from tests.conftest import live_server
 from tests.ops.conftest import MODEL, assert_envelope, headers_only, long_speech_wav
 
@@ -78,18 +73,19 @@ def _multipart_request(request_class: type[Request], upload: bytes) -> Request:
     return request_class(scope, receive)
 
 
-@pytest.mark.parametrize(("request_class", "in_memory"),
-                         [(InMemoryUploadRequest, True), (Request, False)])
-async def test_the_audio_routes_keep_uploads_in_memory(request_class, in_memory):
+async def test_the_audio_routes_spool_uploads_in_memory_a_process_can_map():
     """Starlette rolls an upload over 1 MB to a temporary file; the audio routes' request
-    keeps it in memory up to ``IN_MEMORY_UPLOAD_BYTES``, where it is read right after."""
+    writes it into an ``UploadSpool`` (a memfd), whose descriptor goes to a preprocessing
+    process as it is."""
     upload = os.urandom(3 * 2**20)
-    assert len(upload) < IN_MEMORY_UPLOAD_BYTES
-    request = _multipart_request(request_class, upload)
-    async with request.form() as form:
-        spooled = form["file"].file
-        assert spooled._rolled is not in_memory
+    async with _multipart_request(InMemoryUploadRequest, upload).form() as form:
+        spool = form["file"].file
+        assert isinstance(spool, UploadSpool) and spool.size == len(upload)
+        assert os.readlink(f"/proc/self/fd/{spool.fileno()}").startswith("/memfd:")
         assert await form["file"].read() == upload
+    assert spool.closed
+    async with _multipart_request(Request, upload).form() as form:
+        assert form["file"].file._rolled  # Starlette's own, for every other route
 
 
 def test_importing_the_server_leaves_starlettes_parser_as_it_is():
@@ -104,35 +100,22 @@ def test_importing_the_server_leaves_starlettes_parser_as_it_is():
     assert after == before
 
 
-@pytest.fixture
-def spool_dir(tmp_path, monkeypatch) -> Path:
-    """Where this process's temporary files go during the test. Starlette spools uploads
-    over ``spool_max_size`` to ``tempfile.TemporaryFile()``; the server keeps up to 32 MB
-    in memory, lowered here to Starlette's 1 MB so the test's uploads reach the disk."""
-    spool = tmp_path / "spool"
-    spool.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(spool))
-    monkeypatch.setattr(InMemoryUploadParser, "spool_max_size", 2**20)
-    return spool
-
-
-def open_files_in(directory: Path) -> list[str]:
-    """This process's open files under ``directory`` (unlinked ones included: a
-    TemporaryFile has no name in the directory, but /proc still shows where it is)."""
+def open_spools() -> list[str]:
+    """This process's open upload spools (``UploadSpool``'s memfds)."""
     found = []
     for fd in os.listdir("/proc/self/fd"):
         try:
             target = os.readlink(f"/proc/self/fd/{fd}")
         except OSError:
             continue
-        if target.startswith(str(directory)):
+        if target.startswith("/memfd:granite-speech-upload"):
             found.append(target)
     return found
 
 
-async def test_no_spooled_upload_outlives_its_request(settings, engine, speech, spool_dir):
+async def test_no_spooled_upload_outlives_its_request(settings, engine, speech):
     limited = settings.model_copy(update={"max_upload_mb": 6.0, "max_segment_seconds": 30.0})
-    upload = long_speech_wav(speech, 90)  # 2.9 MB: spooled to disk past 1 MB
+    upload = long_speech_wav(speech, 90)  # 2.9 MB
     async with live_server(limited, engine) as url, \
             httpx.AsyncClient(base_url=url, timeout=300) as client:
         # The check can see a spooled upload: one held open mid-upload.
@@ -140,27 +123,26 @@ async def test_no_spooled_upload_outlives_its_request(settings, engine, speech, 
         writer.write(upload[: 2_000_000])
         await writer.drain()
         for _ in range(100):
-            if open_files_in(spool_dir):
+            if open_spools():
                 break
             await asyncio.sleep(0.05)
-        assert open_files_in(spool_dir), "precondition: the upload is spooled to the directory"
+        assert open_spools(), "precondition: the upload is spooled"
         writer.close()  # the client gives up mid-upload
-        await _until_no_open_files(spool_dir)
+        await _until_no_open_spools()
 
         ok = await client.post(AUDIO, files={"file": ("speech.wav", upload)},
                                data={"model": MODEL})
         assert ok.status_code == 200
-        assert open_files_in(spool_dir) == []
+        assert open_spools() == []
 
         garbage = await client.post(AUDIO, files={"file": ("x.wav", os.urandom(3_000_000))},
                                     data={"model": MODEL})
         assert garbage.status_code == 400
-        assert open_files_in(spool_dir) == []
+        assert open_spools() == []
 
         status, _, _ = await _send_chunked_until_answered(url, total=20_000_000)
         assert status == 413
-        await _until_no_open_files(spool_dir)
-    assert list(spool_dir.iterdir()) == []
+        await _until_no_open_spools()
 
 
 # --- raw HTTP ----------------------------------------------------------------------
@@ -214,9 +196,9 @@ async def _send_chunked_until_answered(url: str, total: int) -> tuple[int, bytes
     raise AssertionError(f"no answer after {sent} bytes")
 
 
-async def _until_no_open_files(directory: Path, timeout_s: float = 10) -> None:
+async def _until_no_open_spools(timeout_s: float = 10) -> None:
     for _ in range(int(timeout_s / 0.05)):
-        if not open_files_in(directory):
+        if not open_spools():
             return
         await asyncio.sleep(0.05)
-    raise AssertionError(f"still open: {open_files_in(directory)}")
+    raise AssertionError(f"still open: {open_spools()}")
