@@ -43,6 +43,7 @@ from granite_speech_server.formats.openai import (
 from granite_speech_server.formats.render import render
 from granite_speech_server.formats.sse import event_stream
 from granite_speech_server.metrics import Metrics
+from granite_speech_server.preprocess.shared import UploadSpool
 from granite_speech_server.state import AppState
 
 router = APIRouter(tags=["audio"], route_class=InMemoryUploadRoute)
@@ -137,19 +138,19 @@ async def decode_upload(state: AppState, file: UploadFile, context: RequestConte
     limits = {"head_s": HEAD_S, "max_duration_s": settings.max_audio_seconds,
               "min_duration_s": settings.min_audio_seconds,
               "rest_niceness": settings.preprocessing_niceness}
+    spool: UploadSpool = file.file  # InMemoryUploadParser's: decoded where it lies
     try:
-        if state.preprocess is not None:  # it maps the spool (InMemoryUploadParser's)
+        if state.preprocess is not None:
             decoded = await state.preprocess.decode(
-                file.file, plan=plan, niceness=settings.preprocessing_niceness, **limits)
+                spool, plan=plan, niceness=settings.preprocessing_niceness, **limits)
         else:
-            decoded = await run_in_threadpool(decode_audio, await file.read(), **limits)
+            decoded = await run_in_threadpool(decode_audio, spool.mapped(), **limits)
     except ServerError as exc:
-        await file.seek(0)
-        container, codec = await run_in_threadpool(probe_format, await file.read())
+        container, codec = await run_in_threadpool(probe_format, spool.mapped())
         state.metrics.decode_failures.labels(container, codec, exc.code or "unknown").inc()
         raise
     finally:
-        await file.close()  # a preprocessing process holds a descriptor of its own
+        await file.close()  # a mapping or a preprocessing process holds what it needs
     context.audio_seconds = decoded.expected_duration_s
     state.metrics.audio_received.labels(context.endpoint).inc(decoded.expected_duration_s)
     return decoded

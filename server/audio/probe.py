@@ -7,19 +7,19 @@ the file a second time (FFmpeg reads just the headers). Names are FFmpeg's, as
 
 from __future__ import annotations
 
-import io
+import mmap
 
 import av
 
-from granite_speech_server.audio.decode import _format_name  # the same names as DecodedAudio's
+from granite_speech_server.audio.decode import _format_name, _reader
 
 UNKNOWN = "unknown"
 
 
-def probe_format(data: bytes) -> tuple[str, str]:
+def probe_format(data: bytes | mmap.mmap) -> tuple[str, str]:
     """(container, codec) of an upload; blocking: run it in a thread."""
     try:
-        with av.open(io.BytesIO(data), metadata_errors="ignore") as container:
+        with av.open(_reader(data), metadata_errors="ignore") as container:
             fmt = _format_name(container.format.name)
             stream = container.streams.best("audio")
             codec = stream.codec_context.name if stream is not None else "none"

@@ -104,6 +104,10 @@ class UploadSpool(io.FileIO):
         """A new descriptor of the spool, for another process to map and close."""
         return os.dup(self.fileno())
 
+    def mapped(self) -> bytes | mmap.mmap:
+        """The spool's bytes, read-only and in place, for this process to decode."""
+        return map_bytes(self.share(), self.size)
+
 
 def map_bytes(fd: int, size: int) -> bytes | mmap.mmap:
     """What ``UploadSpool.share`` shared, read-only (the descriptor is closed)."""
