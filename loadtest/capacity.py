@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cores", default="1,2", help="core counts to pin the server to")
     parser.add_argument("--per-kind", type=int, default=8,
                         help="recordings of each kind (short, medium, long with pauses)")
-    parser.add_argument("--rounds", type=int, default=3, help="times the corpus is sent")
+    parser.add_argument("--rounds", type=int, default=8, help="times the corpus is sent")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--repeat", type=int, default=1,
                         help="runs per core count, alternating; the median is reported")
