@@ -2,7 +2,7 @@
 
 The network runs a block of frames per call (``granite_speech_server.audio.silero``, ~2200x real
 time on one core, where the package's frame-by-frame loop manages ~100x and its
-ONNX sequence model ~900x), inside GIL-releasing torch kernels. CPU-bound: call
+ONNX sequence model ~560x), inside GIL-releasing torch kernels. CPU-bound: call
 from a worker thread, never the event loop.
 
 The network is loaded once by whoever runs the detector (the app at start-up, like
