@@ -5,8 +5,8 @@
 Starts the server (``loadtest.servers``), warms it with four requests, then sends the
 rest of the comparable workload (json transcriptions, plain and streamed, every request
 its own recording) from ``--concurrency`` clients. Prints the wall time, the CPU seconds
-(user + system) of the API server process, vLLM's engine core and its worker, each as a
-share of the wall time and their total as a share of the machine's cores (what binds the
+(user + system) of the API server process, its preprocessing processes (ours), vLLM's
+engine core and its worker, each as a share of the wall time and their total as a share of the machine's cores (what binds the
 run: the worker is pinned to one core), and the engine's work from the server's own
 metrics. With ``--py-spy`` (in the bench extra), each process is sampled into
 ``<out>/<server>-<process>.txt`` (collapsed stacks).
@@ -49,8 +49,19 @@ def counters(url: str) -> dict[str, float]:
     return found
 
 
-def cpu_seconds(processes: dict[str, psutil.Process]) -> dict[str, float]:
-    return {name: sum(p.cpu_times()[:2]) for name, p in processes.items()}
+def server_processes(root: psutil.Process) -> dict[str, list[psutil.Process]]:
+    """The server's processes by role: the API process, vLLM's (by their own names), and
+    the rest of its descendants, our preprocessing processes."""
+    roles: dict[str, list[psutil.Process]] = {"api": [root]}
+    for child in root.children(recursive=True):
+        name = child.name()
+        roles.setdefault(name if name.startswith("VLLM::") else "preprocessing", []).append(child)
+    return roles
+
+
+def cpu_seconds(processes: dict[str, list[psutil.Process]]) -> dict[str, float]:
+    return {name: sum(sum(p.cpu_times()[:2]) for p in group)
+            for name, group in processes.items()}
 
 
 def cpu_lines(used: dict[str, float], wall_s: float, cores: int) -> list[str]:
@@ -87,16 +98,15 @@ def main(argv: list[str] | None = None) -> int:
     log = args.out / f"{args.server}.log"
     with running(command(args.model, args.port, []), "/ready" if ours else "/health",
                  args.port, log) as server:
-        root = psutil.Process(server.pid)
-        processes = {"api": root, **{child.name(): child for child in root.children(True)
-                                     if child.name().startswith("VLLM::")}}
+        processes = server_processes(psutil.Process(server.pid))
         asyncio.run(run_level(server.url, model, work[:4], 4, None, "warm-up"))
         before, counted = cpu_seconds(processes), counters(server.url)
         spies = [subprocess.Popen(
             ["py-spy", "record", "--nonblocking", "-r", "50", "-f", "raw", "-p", str(p.pid),
-             "-o", str(args.out / f"{args.server}-{name.replace('::', '-')}.txt")],
+             "-o", str(args.out / f"{args.server}-{name.replace('::', '-')}-{i}.txt")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            for name, p in processes.items()] if args.py_spy else []
+            for name, group in processes.items() for i, p in enumerate(group)
+        ] if args.py_spy else []
         start = time.perf_counter()
         asyncio.run(run_level(server.url, model, work[4:], args.concurrency, None,
                               args.server))

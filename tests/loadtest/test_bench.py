@@ -103,6 +103,34 @@ async def test_cpu_report_reads_the_engine_work_off_the_servers_metrics(server_u
         before.get("granite_speech_output_tokens_total", 0)
 
 
+def test_cpu_report_counts_the_preprocessing_processes():
+    """Every descendant that isn't vLLM's is ours (the preprocessing processes), and
+    its CPU counts."""
+    import subprocess
+    import time
+
+    import psutil
+
+    from loadtest import cpu
+
+    busy = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass\n" \
+           "time.sleep(30)"
+    child = subprocess.Popen([sys.executable, "-c", busy])
+    try:
+        roles = cpu.server_processes(psutil.Process())
+        # Other tests' servers may have children of this process too: ours is among them.
+        assert child.pid in [p.pid for p in roles["preprocessing"]]
+        assert [p.pid for p in roles["api"]] == [psutil.Process().pid]
+        assert not any(p.name().startswith("VLLM::") for p in roles["preprocessing"])
+        deadline = time.monotonic() + 30
+        while cpu.cpu_seconds(roles)["preprocessing"] < 0.3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert cpu.cpu_seconds(roles)["preprocessing"] >= 0.3
+    finally:
+        child.kill()
+        child.wait()
+
+
 def test_cpu_report_says_what_binds_the_run():
     from loadtest import cpu
 
