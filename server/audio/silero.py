@@ -84,7 +84,7 @@ class SileroNetwork:
 class _Convolution:
     """One of the encoder's convolutions (kernel 3, padding 1, then ReLU) over a frame's
     few positions, channels last: each output position is one matrix product of the
-    inputs it sees and the kernel taps that see them. As a conv1d, a quarter to two
+    inputs it sees and the kernel taps that see them. As a conv1d, a sixth to two
     thirds of each layer's products were with the padding's zeros, and the small
     convolutions ran at half the speed of a matrix product."""
 
