@@ -6,9 +6,9 @@ Starts the server (``loadtest.servers``), warms it with four requests, then send
 rest of the comparable workload (json transcriptions, plain and streamed, every request
 its own recording) from ``--concurrency`` clients. Prints the wall time, the CPU seconds
 (user + system) of the API server process, its preprocessing processes (ours), vLLM's
-engine core and its worker, each as a share of the wall time and their total as a share of the machine's cores (what binds the
-run: the worker is pinned to one core), and the engine's work from the server's own
-metrics. With ``--py-spy`` (in the bench extra), each process is sampled into
+engine core and its worker, each as a share of the wall time and their total as a share
+of the machine's cores (what binds the run: the worker is pinned to one core), and the
+engine's work from the server's own metrics. With ``--py-spy`` (in the bench extra), each process is sampled into
 ``<out>/<server>-<process>.txt`` (collapsed stacks).
 
 Note on reading it: vLLM's engine core and worker can wait for each other by spinning

@@ -18,6 +18,8 @@ import threading
 import numpy as np
 
 SAMPLE_BYTES = np.dtype(np.float32).itemsize
+UPLOAD_MEMORY_NAME = "granite-speech-upload"
+"""What an upload's memfd is called (``/proc/<pid>/fd`` shows ``/memfd:<name>``)."""
 
 
 class SharedBuffers:
@@ -77,24 +79,13 @@ class UploadSpool(io.FileIO):
     event loop, from one on disk, which it writes through the thread pool (64 KB a hop)."""
 
     def __init__(self) -> None:
-        super().__init__(os.memfd_create("granite-speech-upload", os.MFD_CLOEXEC), "w+")
+        super().__init__(os.memfd_create(UPLOAD_MEMORY_NAME, os.MFD_CLOEXEC), "w+")
 
     def write(self, data) -> int:
         view = memoryview(data)
         while view:  # a raw write may take less than it is given
             view = view[super().write(view):]
         return len(data)
-
-    @classmethod
-    def holding(cls, data: bytes) -> UploadSpool:
-        """A spool of bytes that arrived some other way."""
-        spool = cls()
-        try:
-            spool.write(data)
-        except BaseException:
-            spool.close()
-            raise
-        return spool
 
     @property
     def size(self) -> int:

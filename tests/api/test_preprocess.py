@@ -125,13 +125,20 @@ async def until(condition, timeout_s: float = 20.0) -> None:
         await asyncio.sleep(0.05)
 
 
+def spool_of(data: bytes) -> UploadSpool:
+    """An upload spooled as the audio routes' parser spools it."""
+    spool = UploadSpool()
+    spool.write(data)
+    return spool
+
+
 async def test_closing_the_audio_stops_its_job_in_the_process(processes):
     """A client that goes away closes the request's audio: the job's decoder and planner
     in the process stop (its threads end) instead of reading on through the file."""
     _, _, pool = processes
     idle = job_threads(pool)
     samples, _ = long_recording(1800, seed=1, distinct=6)  # half an hour: long to decode
-    decoded = await pool.decode(UploadSpool.holding(wav_bytes(samples)), plan=PlanOptions(),
+    decoded = await pool.decode(spool_of(wav_bytes(samples)), plan=PlanOptions(),
                                 niceness=0,
                                 head_s=20.0, max_duration_s=7200.0, min_duration_s=0.1)
     assert job_threads(pool) > idle  # the job and its decoder run on
@@ -170,7 +177,7 @@ async def test_the_process_maps_the_uploads_own_memory(processes, long_mp3, monk
         send_job(job_id, job, fd)
 
     monkeypatch.setattr(pool.workers[0], "send_job", recording)
-    spool = UploadSpool.holding(long_mp3)
+    spool = spool_of(long_mp3)
     decoded = await pool.decode(spool, plan=PlanOptions(), niceness=0, head_s=20.0)
     assert sent == [os.fstat(spool.fileno()).st_ino]
     spool.close()

@@ -12,7 +12,7 @@ import pytest
 from starlette.requests import Request
 
 from granite_speech_server.api.upload_limit import InMemoryUploadRequest
-from granite_speech_server.preprocess.shared import UploadSpool
+from granite_speech_server.preprocess.shared import UPLOAD_MEMORY_NAME, UploadSpool
 from tests.conftest import live_server
 from tests.ops.conftest import MODEL, assert_envelope, headers_only, long_speech_wav
 
@@ -108,7 +108,7 @@ def open_spools() -> list[str]:
             target = os.readlink(f"/proc/self/fd/{fd}")
         except OSError:
             continue
-        if target.startswith("/memfd:granite-speech-upload"):
+        if target.startswith(f"/memfd:{UPLOAD_MEMORY_NAME}"):
             found.append(target)
     return found
 
